@@ -1,0 +1,93 @@
+"""Acquire: download the configured 3GPP specs into the shared cache and unpack them safely.
+
+Writes ``acquired.json``: one entry per requested spec (``status`` ``ok`` or ``failed`` with the
+error) and the flat, sorted list of extracted ``documents`` (absolute paths) for later stages.
+The manifest records only what was acquired, not whether it came from the cache this time, so
+re-running with a warm cache produces the same bytes and does not invalidate later stages.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from components.acquire import AcquireError, SpecResult, ThreeGPPDownloader, spec_dir
+from components.archives import ArchiveError, safe_extract
+from runner.atomic import write_json
+from runner.stage import StageContext, StageError
+
+INPUTS: list[str] = []
+OUTPUTS = ["acquired.json"]
+CONFIG_KEYS = ["acquire"]
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg = ctx.cfg.acquire
+    specs = _plain(cfg.get("specs") or [])
+    metrics = {"acquire/downloaded": 0.0, "acquire/cached": 0.0, "acquire/failed": 0.0, "acquire/bytes": 0.0}
+    if not specs:
+        write_json(ctx.path("acquired.json"), {"specs": [], "documents": []})
+        return metrics
+
+    downloader: ThreeGPPDownloader = instantiate(cfg.downloader)
+    try:
+        results = downloader.download(specs)
+    except AcquireError as exc:
+        if not OmegaConf.select(ctx.cfg, "corpus.path"):
+            raise StageError(str(exc)) from exc
+        log.warning("%s; continuing with corpus.path only", exc)
+        results = exc.results
+
+    entries = [_entry(r, downloader, cfg.get("extract")) for r in results]
+    for r, e in zip(results, entries):
+        key = r.status if e["status"] == "ok" else "failed"
+        metrics[f"acquire/{key}"] += 1
+        metrics["acquire/bytes"] += r.bytes
+        if e["status"] == "failed":
+            log.warning("acquire %s: %s", e["request"], e["error"])
+    entries.sort(key=lambda e: e["request"])
+    documents = sorted({d for e in entries for d in e["documents"]})
+    write_json(ctx.path("acquired.json"), {"specs": entries, "documents": documents})
+    metrics["acquire/documents"] = float(len(documents))
+    return metrics
+
+
+def _plain(specs: Any) -> list[Any]:
+    items = OmegaConf.to_container(specs, resolve=True) if OmegaConf.is_config(specs) else specs
+    out = []
+    for item in items:
+        # YAML reads an unquoted 38.330 as the float 38.33; spec numbers always have three decimals.
+        if isinstance(item, dict) and isinstance(item.get("spec"), float):
+            item = {**item, "spec": f"{item['spec']:.3f}"}
+        out.append(item)
+    return out
+
+
+def _entry(r: SpecResult, downloader: ThreeGPPDownloader, extract: DictConfig | None) -> dict[str, Any]:
+    entry = {
+        "request": r.request, "spec": r.spec, "version": r.version, "url": r.url, "zip": r.path,
+        "status": "failed" if r.status == "failed" else "ok", "error": r.error, "sha256": None, "documents": [],
+    }
+    if entry["status"] == "failed":
+        return entry
+    zip_path = Path(r.path)
+    with open(zip_path, "rb") as fh:
+        entry["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
+    if extract is not None and not extract.get("enabled", True):
+        return entry
+    limits = {k: extract[k] for k in ("max_total_bytes", "max_files", "max_ratio") if extract is not None and k in extract}
+    out_dir = downloader.dest / "extracted" / spec_dir(r.spec) / zip_path.stem
+    try:
+        # The folder is renamed into place only once complete, so its presence means done.
+        docs = sorted(p for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else safe_extract(zip_path, out_dir, **limits)
+    except ArchiveError as exc:
+        entry.update(status="failed", error=str(exc))
+        return entry
+    entry["documents"] = [str(p) for p in docs]
+    return entry

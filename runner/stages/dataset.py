@@ -1,0 +1,119 @@
+"""dataset: ``extractions.jsonl`` -> ``dataset/{train,valid,test}.jsonl`` (mlx-lm chat format).
+
+Split by document, so a document's facts never sit on both sides of the train/held-out line, and
+any example that also appears in train is dropped from the held-out splits.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+
+from runner.atomic import read_jsonl, write_jsonl
+from runner.stage import StageContext, StageError
+
+log = logging.getLogger(__name__)
+
+INPUTS = ["extractions.jsonl"]
+OUTPUTS = ["dataset"]
+CONFIG_KEYS = ["dataset"]
+
+
+def examples_from(record: dict, require_grounded: bool, min_answer_chars: int) -> list[dict]:
+    """(question, answer, kind) triples one extraction record supports."""
+    out = []
+    acronyms = list(record.get("rule_acronyms") or [])
+    if record.get("status") == "ok":
+        g = record["grounding"]
+        acronyms += g["acronyms"] if require_grounded else record["extraction"]["acronyms"]
+        qa = record["extraction"]["qa"]
+        if (g["qa_grounded"] or not require_grounded) and len(qa["answer"].strip()) >= min_answer_chars:
+            out.append({"question": qa["question"].strip(), "answer": qa["answer"].strip(), "kind": "qa"})
+    seen = set()
+    for a in acronyms:
+        key = (a["acronym"], a["expansion"].lower())
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({"question": f"In 3GPP terminology, what does {a['acronym']} stand for?",
+                    "answer": f"{a['acronym']} stands for {a['expansion']}.", "kind": "acronym"})
+    return out
+
+
+def split_docs(counts: dict[str, int], valid_fraction: float, test_fraction: float, seed: int,
+               min_per_split: int) -> dict[str, str]:
+    """Assign whole documents to splits: held-out splits get at least their share of examples."""
+    order = sorted(counts, key=lambda d: hashlib.sha256(f"{seed}:{d}".encode()).hexdigest())
+    total = sum(counts.values())
+    want = {"test": max(min_per_split, int(total * test_fraction)),
+            "valid": max(min_per_split, int(total * valid_fraction))}
+    assign, have = {}, {"test": 0, "valid": 0}
+    for d in order:
+        for split in ("test", "valid"):
+            if have[split] < want[split] and len(order) - len(assign) > 1:
+                assign[d] = split
+                have[split] += counts[d]
+                break
+        else:
+            assign[d] = "train"
+    return assign
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg = ctx.cfg.dataset
+    records = read_jsonl(ctx.path("extractions.jsonl"))
+    per_doc: dict[str, list[dict]] = {}
+    for r in records:
+        per_doc.setdefault(r["doc_id"], []).extend(
+            examples_from(r, cfg.require_grounded, cfg.min_answer_chars))
+    per_doc = {d: ex for d, ex in per_doc.items() if ex}
+    if len(per_doc) < 3:
+        raise StageError(f"dataset: examples came from {len(per_doc)} document(s); a split by "
+                         "document needs at least 3 (add documents or set "
+                         "dataset.require_grounded=false)")
+    min_split = int(ctx.cfg.lora.batch_size) if "lora" in ctx.cfg else 1
+    assign = split_docs({d: len(v) for d, v in per_doc.items()}, cfg.valid_fraction,
+                        cfg.test_fraction, cfg.seed, min_split)
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    for d in sorted(per_doc):
+        for e in per_doc[d]:
+            splits[assign[d]].append({**e, "doc_id": d})
+
+    def dedup(rows, exclude=frozenset()):
+        seen, out = set(exclude), []
+        for e in rows:
+            key = (e["question"].lower(), e["answer"].lower())
+            if key not in seen:
+                seen.add(key)
+                out.append(e)
+        return out
+
+    splits["train"] = dedup(splits["train"])
+    train_keys = frozenset((e["question"].lower(), e["answer"].lower()) for e in splits["train"])
+    for s in ("valid", "test"):
+        splits[s] = dedup(splits[s], train_keys)
+    for s, rows in splits.items():
+        if len(rows) < min_split:
+            raise StageError(f"dataset: the {s} split has {len(rows)} examples, fewer than the "
+                             f"batch size {min_split}; add documents or lower lora.batch_size")
+
+    tmp = ctx.path("dataset.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    sys_msg = cfg.system_prompt
+    for s, rows in splits.items():
+        write_jsonl(tmp / f"{s}.jsonl", (
+            {"messages": [{"role": "system", "content": sys_msg},
+                          {"role": "user", "content": e["question"]},
+                          {"role": "assistant", "content": e["answer"]}],
+             "meta": {"doc_id": e["doc_id"], "kind": e["kind"]}} for e in rows))
+    out = ctx.path("dataset")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    n = {s: len(r) for s, r in splits.items()}
+    return {"dataset/train": n["train"], "dataset/valid": n["valid"], "dataset/test": n["test"],
+            "dataset/qa": sum(e["kind"] == "qa" for r in splits.values() for e in r),
+            "dataset/acronym": sum(e["kind"] == "acronym" for r in splits.values() for e in r),
+            "dataset/documents": len(per_doc)}

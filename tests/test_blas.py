@@ -1,0 +1,58 @@
+"""use_fast_blas() really swaps mlx's CPU BLAS: measured in fresh interpreters, since BLAS is fixed at mlx's import."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.blas import OPENBLAS_LIBS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+needs_openblas = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not all(os.path.exists(p) for p in OPENBLAS_LIBS),
+    reason="needs Linux with Debian's OpenBLAS (apt-get install libopenblas0-pthread)",
+)
+
+
+def _python(code: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+_PROBE = """
+import sys
+from components.blas import use_fast_blas, matmul_gflops
+loaded = use_fast_blas() if sys.argv[1] == "fast" else None
+maps = open("/proc/self/maps").read()
+print(repr((loaded, "openblas" in maps, matmul_gflops(512, min_seconds=0.3))))
+"""
+
+
+@needs_openblas
+def test_fast_blas_is_loaded_and_much_faster():
+    loaded, mapped, fast = ast.literal_eval(_python(_PROBE, "fast"))
+    assert loaded == OPENBLAS_LIBS[-1] and mapped
+    ref_loaded, ref_mapped, ref = ast.literal_eval(_python(_PROBE, "reference"))
+    assert ref_loaded is None and not ref_mapped
+    # ~30x measured; 3x leaves room for a busy shared machine while still catching a silent no-op.
+    assert fast > 3 * ref, f"OpenBLAS {fast:.1f} GFLOP/s vs reference {ref:.1f} GFLOP/s"
+
+
+@needs_openblas
+def test_too_late_after_mlx_import_warns():
+    code = """
+import logging, mlx.core
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from components.blas import use_fast_blas
+print(repr(use_fast_blas()))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    assert "too late" in done.stderr

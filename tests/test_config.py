@@ -1,0 +1,76 @@
+"""The Hydra app: groups compose, every option instantiates, --help and --cfg work."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF, REPO
+
+GROUPS = ["service", "model", "hardware", "docling", "lora", "extraction", "dataset", "tracking",
+          "process", "acquire"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_default_composition_is_offline_embedded(compose):
+    cfg = compose()
+    assert cfg.service.name == "embedded"
+    assert cfg.model.name == "smollm2-135m"
+    assert cfg.hardware.name == "auto"
+    assert cfg.corpus.path is None
+    assert list(cfg.stages) == ["acquire", "convert", "process", "extract", "dataset",
+                                "finetune", "evaluate"]
+
+
+@pytest.mark.parametrize("group,expected", [
+    ("service", ["embedded", "lmstudio", "ollama", "openai"]),
+    ("model", ["gemma3-4b", "llama3.2-1b", "qwen3-1.7b", "smollm2-135m"]),
+    ("hardware", ["auto", "linux-cpu", "m3max"]),
+])
+def test_groups_offer_the_designed_options(group, expected):
+    assert options(group) == expected
+
+
+@pytest.mark.parametrize("service", ["embedded", "lmstudio", "ollama", "openai"])
+def test_every_service_instantiates_with_embedded_fallback(compose, service):
+    cfg = compose(f"service={service}")
+    spec = OmegaConf.to_container(cfg.service, resolve=True)
+    fallback = spec.pop("fallback", None)
+    svc = instantiate(spec)
+    assert svc.name == service
+    if service != "embedded":
+        assert fallback["_target_"].endswith("EmbeddedLlamaService")
+        assert instantiate(fallback).name == "embedded"
+    svc.close()
+
+
+@pytest.mark.parametrize("group", ["model", "hardware"])
+def test_every_option_instantiates(compose, group):
+    for opt in options(group):
+        obj = instantiate(compose(f"{group}={opt}")[group])
+        assert obj.name == opt
+
+
+def test_help_lists_the_groups():
+    out = subprocess.run([sys.executable, "-m", "runner", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for g in GROUPS:
+        assert f"{g}:" in out.stdout, f"group {g} missing from --help"
+    assert "ollama" in out.stdout and "m3max" in out.stdout
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = subprocess.run([sys.executable, "-m", "runner", "service=ollama", "lora.rank=16",
+                          "--cfg", "job"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.service.name == "ollama"
+    assert cfg.lora.rank == 16
+    assert cfg.service.fallback.name == "embedded"

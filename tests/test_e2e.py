@@ -1,0 +1,165 @@
+"""The whole pipeline, as a user runs it: `python -m runner` on the embedded default, offline.
+
+Slow (minutes): real Docling, the real Rust binary (or its Python twin without cargo), a real
+llama.cpp server, real MLX LoRA training and a real MLflow store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def runner(args: list[str], env_extra: dict | None = None, timeout: int = 900):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "runner", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    return out, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{d / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, store):
+    run_dir = tmp_path_factory.mktemp("e2e") / "run"
+    out, seconds = runner([f"hydra.run.dir={run_dir}"], {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return run_dir, out, seconds
+
+
+def mlflow_run(store: str, stdout: str):
+    line = next(l for l in stdout.splitlines() if l.startswith("MLflow run:"))
+    run_id = line.split()[2]
+    client = MlflowClient(tracking_uri=store)
+    return client, client.get_run(run_id)
+
+
+def test_default_run_writes_the_contracted_artifacts(default_run):
+    run_dir, out, _ = default_run
+    assert f"Run directory: {run_dir}" in out.stdout
+    docs = sorted(p.name for p in (run_dir / "documents").glob("*.md"))
+    assert {"38899-h00.md", "38899-i00.md", "23599-h10.md", "operator-rollout-notes.md",
+            "vendor-gnb-configuration-guide.md", "site-survey-procedure.md"} <= set(docs)
+    chunks = [json.loads(l) for l in open(run_dir / "chunks.jsonl")]
+    assert chunks and all({"id", "doc_id", "text", "heading"} <= set(c) for c in chunks)
+    ex = [json.loads(l) for l in open(run_dir / "extractions.jsonl")]
+    assert [e["chunk_id"] for e in ex] == [c["id"] for c in chunks]
+    assert {e["status"] for e in ex} <= {"ok", "invalid", "error"}
+    assert any(e["status"] == "ok" for e in ex)
+    for split in ("train", "valid", "test"):
+        rows = [json.loads(l) for l in open(run_dir / "dataset" / f"{split}.jsonl")]
+        assert rows and all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    assert (run_dir / "adapters" / "adapters.safetensors").stat().st_size > 0
+    assert "# Run report" in (run_dir / "report.md").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    for key in ("convert/docs", "process/chunks", "extract/json_valid_rate", "dataset/train",
+                "finetune/train_loss_final", "eval/val_loss_before", "eval/val_loss_after",
+                "eval/exact_match"):
+        assert key in metrics, key
+    assert metrics["convert/pdf_fallback_docs"] == 1  # no layout models here: native PDF, counted
+
+
+def test_validation_loss_fell(default_run):
+    metrics = json.loads((default_run[0] / "metrics.json").read_text())
+    assert metrics["eval/val_loss_after"] < metrics["eval/val_loss_before"]
+
+
+def test_mlflow_has_stage_metrics_params_tags_and_artifacts(default_run, store):
+    run_dir, out, _ = default_run
+    client, run = mlflow_run(store, out.stdout)
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    for key in ("convert/docs", "process/chunks", "extract/json_valid_rate",
+                "eval/val_loss_after", "eval/exact_match"):
+        assert key in m, key
+    assert any(k.startswith("process/") and "seconds" in k for k in m)
+    steps = client.get_metric_history(run.info.run_id, "finetune/train_loss")
+    assert len(steps) >= 3 and steps[-1].step > steps[0].step
+    assert p["service.name"] == "embedded" and p["model.name"] == "smollm2-135m"
+    assert t["service.used"] == "embedded" and t["service.fallback"] == "false"
+    assert t["hardware.profile"] == "auto" and t["git_commit"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.resolved.yaml", "report.md", "metrics.json", "dataset_sample.jsonl"} <= arts
+
+
+def test_rerun_in_the_same_directory_skips_everything(default_run, store):
+    run_dir, _, first = default_run
+    out, seconds = runner([f"hydra.run.dir={run_dir}"], {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = json.loads((run_dir / ".state" / "last_run.json").read_text())
+    assert {v["status"] for v in last.values()} == {"skipped"}, last
+    assert seconds < 0.25 * first, (seconds, first)
+
+
+def test_interrupted_extraction_resumes(default_run, store, tmp_path):
+    src = default_run[0]
+    run_dir = tmp_path / "resume"
+    run_dir.mkdir()
+    shutil.copy(src / "chunks.jsonl", run_dir / "chunks.jsonl")
+    lines = (src / "extractions.jsonl").read_text().splitlines(keepends=True)
+    keep = len(lines) - 2
+    # What a crash leaves: the answers so far, the last one cut mid-line.
+    (run_dir / "extractions.partial.jsonl").write_text("".join(lines[:keep]) + lines[keep][:40])
+    out, _ = runner([f"hydra.run.dir={run_dir}", "stages=[extract]"], {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["extract/resumed_chunks"] == keep
+    ex = [json.loads(l) for l in open(run_dir / "extractions.jsonl")]
+    assert len(ex) == len(lines) and not (run_dir / "extractions.partial.jsonl").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ollama_on_m3max_completes_through_the_fallback(tmp_path, store):
+    run_dir = tmp_path / "ollama"
+    out, _ = runner([f"hydra.run.dir={run_dir}", "service=ollama", "hardware=m3max",
+                     f"service.base_url=http://127.0.0.1:{free_port()}",
+                     "stages=[convert,process,extract]", "extraction.max_chunks=3"],
+                    {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SERVICE FALLBACK" in out.stderr and "cannot reach Ollama" in out.stderr
+    assert "expects 128 GB" in out.stderr  # m3max scaled down, with a warning
+    _, run = mlflow_run(store, out.stdout)
+    t = run.data.tags
+    assert (t["service.configured"], t["service.used"], t["service.fallback"]) == ("ollama", "embedded", "true")
+    assert t["hardware.scaled_down"] == "true"
+    assert run.data.metrics["extract/fallback_used"] == 1.0
+    ex = [json.loads(l) for l in open(run_dir / "extractions.jsonl")]
+    assert len(ex) == 3 and {e["service"] for e in ex} == {"embedded"}
+
+
+def test_unavailable_base_model_fails_before_any_stage(tmp_path, store):
+    run_dir = tmp_path / "qwen"
+    out, seconds = runner([f"hydra.run.dir={run_dir}", "model=qwen3-1.7b"],
+                          {"MLFLOW_TRACKING_URI": store, "HF_HOME": str(tmp_path / "hf")})
+    assert out.returncode != 0
+    assert "hf download Qwen/Qwen3-1.7B" in out.stderr
+    assert not (run_dir / "documents").exists()
+
+
+def test_missing_inputs_name_the_producing_stage(tmp_path, store):
+    out, _ = runner([f"hydra.run.dir={tmp_path / 'ft'}", "stages=[finetune]"],
+                    {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode != 0
+    assert "needs dataset" in out.stderr and "'dataset' stage" in out.stderr
