@@ -63,9 +63,21 @@ SYSTEM_PROMPT = (
     "engineer could ask about the text, and its short answer taken from the text.")
 
 
+# One worked example: small models follow a demonstration far better than an instruction. It
+# is a fixed prefix, so llama.cpp's prompt cache makes it nearly free after the first chunk.
+_EXAMPLE_IN = ("Section: 6.2 Paging\n\nText:\nThe AMF (Access and Mobility Management Function) "
+               "pages the UE when downlink data arrives, as described in TS 23.502.")
+_EXAMPLE_OUT = json.dumps({
+    "acronyms": [{"acronym": "AMF", "expansion": "Access and Mobility Management Function"}],
+    "spec_refs": ["TS 23.502"],
+    "qa": {"question": "When does the AMF page the UE?", "answer": "When downlink data arrives."}})
+
+
 def messages_for(chunk: dict) -> list[dict]:
     heading = " > ".join(chunk.get("section_path") or []) or chunk.get("heading") or ""
     return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": _EXAMPLE_IN},
+            {"role": "assistant", "content": _EXAMPLE_OUT},
             {"role": "user", "content": f"Section: {heading}\n\nText:\n{chunk['text']}"}]
 
 
@@ -130,10 +142,15 @@ def grounding(extraction: dict, text: str) -> dict[str, Any]:
             "qa_grounded": bool(ans) and overlap >= 0.6}
 
 
-# "ACR<tab>Expansion" lines or "| ACR | Expansion |" rows under an Abbreviations heading: the
-# 3GPP convention, parsed by rule because it is exact where a small model is not.
-_ABBR_LINE = re.compile(r"^\s*\|?\s*([A-Za-z0-9][\w\-/]{0,15})\s*(?:\t+|\s{2,}|\s*\|\s*)"
-                        r"([A-Za-z][^|\t]{2,118}?)\s*\|?\s*$")
+# "ACR<tab>Expansion" lines (whitespace may be collapsed by normalization) or "| ACR | Expansion |"
+# rows under an Abbreviations heading: the 3GPP convention, parsed by rule because it is exact
+# where a small model is not.
+_ACRONYM = re.compile(r"^[A-Za-z0-9][\w\-/]{0,15}$")
+
+
+def _looks_like_acronym(tok: str) -> bool:
+    upper = sum(c.isupper() for c in tok)
+    return bool(_ACRONYM.match(tok)) and (upper >= 2 or (upper == 1 and any(c.isdigit() for c in tok)))
 
 
 def rule_acronyms(chunk: dict) -> list[dict]:
@@ -142,13 +159,19 @@ def rule_acronyms(chunk: dict) -> list[dict]:
         return []
     out, seen = [], set()
     for line in chunk["text"].splitlines():
-        m = _ABBR_LINE.match(line)
-        if not m:
-            continue
-        acr, exp = m.group(1), m.group(2).strip()
-        if acr.lower() in ("abbreviation", "acronym") or set(exp) <= set("-| "):
-            continue
-        if acr not in seen and any(c.isupper() for c in acr):
+        line = line.strip()
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) < 2:
+                continue
+            acr, exp = cells[0], cells[1]
+        else:
+            parts = line.split(None, 1)
+            if len(parts) < 2:
+                continue
+            acr, exp = parts[0], parts[1].strip()
+        if (acr not in seen and _looks_like_acronym(acr) and exp[:1].isalpha()
+                and len(exp) <= 120 and expands(acr, exp)):
             seen.add(acr)
             out.append({"acronym": acr, "expansion": exp})
     return out

@@ -6,6 +6,9 @@ import hashlib
 import importlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +49,9 @@ def hash_path(path: Path) -> str:
 
 
 def fingerprint(stage: ModuleType, ctx: StageContext) -> str:
-    parts: dict = {"v": PIPELINE_VERSION, "stage": stage.__name__}
+    # The stage's own code is part of its identity: a changed stage does not reuse stale outputs.
+    code = hashlib.sha256(Path(stage.__file__).read_bytes()).hexdigest()
+    parts: dict = {"v": PIPELINE_VERSION, "stage": stage.__name__, "code": code}
     parts["config"] = {k: OmegaConf.to_container(ctx.cfg[k], resolve=True) if k in ctx.cfg else None
                        for k in stage.CONFIG_KEYS}
     parts["inputs"] = {i: hash_path(ctx.path(i)) for i in stage.INPUTS}
@@ -75,6 +80,50 @@ def _up_to_date(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dic
     return state
 
 
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _cache_dir(ctx: StageContext, name: str, fp: str) -> Path | None:
+    if not ctx.cfg.get("stage_cache", False):
+        return None
+    return Path(ctx.cfg.cache_dir) / "stages" / name / fp[:32]
+
+
+def _from_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dict | None:
+    """Outputs another run made from the same inputs and config (sweeps share upstream work)."""
+    d = _cache_dir(ctx, name, fp)
+    if d is None or not (d / "metrics.json").is_file():
+        return None
+    for out in stage.OUTPUTS:
+        target = ctx.path(out)
+        tmp = target.with_name(target.name + ".from-cache")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _copy(d / out, tmp)
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    return json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+
+
+def _to_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str, metrics: dict) -> None:
+    d = _cache_dir(ctx, name, fp)
+    if d is None or d.exists():
+        return
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+    try:
+        for out in stage.OUTPUTS:
+            _copy(ctx.path(out), tmp / out)
+        write_json(tmp / "metrics.json", metrics)
+        os.replace(tmp, d)
+    except OSError:  # another job stored it first, or the disk is full: the run goes on
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(ctx: StageContext, names: list[str], force: bool = False) -> dict[str, float]:
     """Run the named stages in pipeline order; return all metrics (this run's and earlier)."""
     wanted = [load_stage(n) and n for n in names]
@@ -93,10 +142,18 @@ def run(ctx: StageContext, names: list[str], force: bool = False) -> dict[str, f
         fp = fingerprint(stage, ctx)
         state = None if force else _up_to_date(ctx, stage, name, fp)
         t0 = time.perf_counter()
+        cached = None if force or state is not None else _from_cache(ctx, stage, name, fp)
         if state is not None:
             log.info("stage %s: up to date, skipped", name)
             stage_metrics = state["metrics"]
             timings[name] = {"status": "skipped", "seconds": 0.0}
+        elif cached is not None:
+            log.info("stage %s: outputs reused from the stage cache", name)
+            stage_metrics = cached
+            write_json(_state_path(ctx, name), {
+                "fingerprint": fp, "metrics": stage_metrics, "seconds": 0.0, "cached": True,
+                "outputs": {o: hash_path(ctx.path(o)) for o in stage.OUTPUTS}})
+            timings[name] = {"status": "cached", "seconds": round(time.perf_counter() - t0, 3)}
         else:
             log.info("stage %s: running", name)
             # Drop the old state first: a crash mid-stage must not leave it looking complete.
@@ -107,6 +164,7 @@ def run(ctx: StageContext, names: list[str], force: bool = False) -> dict[str, f
                 "fingerprint": fp, "metrics": stage_metrics, "seconds": round(seconds, 3),
                 "outputs": {o: hash_path(ctx.path(o)) for o in stage.OUTPUTS}})
             timings[name] = {"status": "ran", "seconds": round(seconds, 3)}
+            _to_cache(ctx, stage, name, fp, stage_metrics)
             log.info("stage %s: done in %.1fs", name, seconds)
         ctx.tracker.log_metrics(stage_metrics)
         metrics.update(stage_metrics)

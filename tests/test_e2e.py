@@ -117,7 +117,8 @@ def test_interrupted_extraction_resumes(default_run, store, tmp_path):
     keep = len(lines) - 2
     # What a crash leaves: the answers so far, the last one cut mid-line.
     (run_dir / "extractions.partial.jsonl").write_text("".join(lines[:keep]) + lines[keep][:40])
-    out, _ = runner([f"hydra.run.dir={run_dir}", "stages=[extract]"], {"MLFLOW_TRACKING_URI": store})
+    out, _ = runner([f"hydra.run.dir={run_dir}", "stages=[extract]", "stage_cache=false"],
+                    {"MLFLOW_TRACKING_URI": store})
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["extract/resumed_chunks"] == keep

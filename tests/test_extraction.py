@@ -68,10 +68,12 @@ def test_expands():
 def test_rule_acronyms_from_an_abbreviations_section():
     chunk = {"heading": "3.2 Abbreviations", "section_path": ["3 Definitions", "3.2 Abbreviations"],
              "text": "For the purposes of the present document, the following abbreviations apply.\n\n"
-                     "AMF\tAccess and Mobility Management Function\n\ngNB\tnext generation Node B\n"
+                     "AMF\tAccess and Mobility Management Function\n\ngNB next generation Node B\n"
+                     "For the purposes of the present document\nQoS Quality of Service\n"
                      "| PCI | Physical Cell Identity |\n| Abbreviation | Expansion |\n|---|---|"}
     got = rule_acronyms(chunk)
     assert got == [{"acronym": "AMF", "expansion": "Access and Mobility Management Function"},
                    {"acronym": "gNB", "expansion": "next generation Node B"},
+                   {"acronym": "QoS", "expansion": "Quality of Service"},
                    {"acronym": "PCI", "expansion": "Physical Cell Identity"}]
     assert rule_acronyms(dict(chunk, heading="5.1 Procedures", section_path=["5.1 Procedures"])) == []

@@ -10,29 +10,36 @@ from runner import pipeline
 from runner.stage import StageContext, StageError
 
 
+def chunk(doc: str, i: int) -> dict:
+    acr = f"A{i}{doc[:2].upper()}"
+    return {"id": f"{doc}#{i}", "doc_id": doc, "heading": "3.2 Abbreviations",
+            "section_path": ["3 Definitions", "3.2 Abbreviations"],
+            "text": f"{acr}\tAlpha {i} {doc[:2]} expansion"}
+
+
 def extraction(doc: str, i: int) -> dict:
-    return {"chunk_id": f"{doc}#{i}", "doc_id": doc, "status": "ok", "rule_acronyms": [
-        {"acronym": f"A{i}{doc[:2].upper()}", "expansion": f"Alpha {i} {doc} expansion"}],
-        "extraction": {"acronyms": [], "spec_refs": [],
+    return {"chunk_id": f"{doc}#{i}", "doc_id": doc, "status": "ok",
+            "extraction": {"acronyms": [], "spec_refs": [],
                        "qa": {"question": f"What is item {i} of {doc}?", "answer": f"Item {i} of {doc}"}},
         "grounding": {"acronyms": [], "spec_refs": [], "qa_support": 1.0, "qa_grounded": True}}
 
 
 @pytest.fixture
 def ctx(tmp_path, compose):
-    cfg = compose("lora.batch_size=2")
+    cfg = compose("lora.batch_size=2", f"cache_dir={tmp_path / 'cache'}")
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / "extractions.jsonl", "w") as fh:
+    with open(run / "extractions.jsonl", "w") as fh, open(run / "chunks.jsonl", "w") as ch:
         for doc in ("alpha", "bravo", "charlie", "delta", "echo"):
             for i in range(4):
                 fh.write(json.dumps(extraction(doc, i)) + "\n")
+                ch.write(json.dumps(chunk(doc, i)) + "\n")
     return StageContext(run_dir=run, cfg=cfg, tracker=NullTracker())
 
 
 def test_missing_input_names_the_stage_that_writes_it(ctx):
-    with pytest.raises(StageError, match=r"needs chunks.jsonl.*'process' stage"):
-        pipeline.run(ctx, ["extract"])
+    with pytest.raises(StageError, match=r"needs dataset.*'dataset' stage.*stages=\[dataset,evaluate\]"):
+        pipeline.run(ctx, ["evaluate"])
 
 
 def test_unknown_stage(ctx):
@@ -62,10 +69,17 @@ def test_stage_runs_then_skips_until_input_or_config_change(ctx, monkeypatch):
     pipeline.run(ctx, ["dataset"])
     assert calls == [1, 1]
 
-    (ctx.run_dir / "dataset" / "train.jsonl").write_text("tampered\n")  # damaged output: runs again
+    good = (ctx.run_dir / "dataset" / "train.jsonl").read_bytes()
+    (ctx.run_dir / "dataset" / "train.jsonl").write_text("tampered\n")  # damaged output
     pipeline.run(ctx, ["dataset"])
+    assert calls == [1, 1]  # restored from the stage cache, not recomputed
+    assert (ctx.run_dir / "dataset" / "train.jsonl").read_bytes() == good
+
+    ctx.cfg.stage_cache = False
+    (ctx.run_dir / "dataset" / "train.jsonl").write_text("tampered\n")
+    pipeline.run(ctx, ["dataset"])  # without the cache: runs again
     assert calls == [1, 1, 1]
-    assert (ctx.run_dir / "dataset" / "train.jsonl").read_bytes() != b"tampered\n"
+    assert (ctx.run_dir / "dataset" / "train.jsonl").read_bytes() == good
     assert before  # the first output existed
 
 
@@ -80,6 +94,27 @@ def test_split_is_by_document_and_holdout_has_no_train_duplicates(ctx):
     assert not (docs["train"] & docs["valid"]) and not (docs["train"] & docs["test"])
     assert not (docs["valid"] & docs["test"])
     assert docs["valid"] and docs["test"]
+
+
+def test_another_run_with_the_same_inputs_reuses_the_stage_cache(ctx, monkeypatch):
+    m1 = pipeline.run(ctx, ["dataset"])
+    other = ctx.run_dir.parent / "sweep-job-2"
+    other.mkdir()
+    for f in ("extractions.jsonl", "chunks.jsonl"):
+        (other / f).write_bytes((ctx.run_dir / f).read_bytes())
+    ctx2 = StageContext(run_dir=other, cfg=ctx.cfg, tracker=NullTracker())
+    from runner.stages import dataset as stage
+    monkeypatch.setattr(stage, "run", lambda c: pytest.fail("should come from the stage cache"))
+    assert pipeline.run(ctx2, ["dataset"]) == m1
+    for s in ("train", "valid", "test"):
+        assert (other / "dataset" / f"{s}.jsonl").read_bytes() == \
+            (ctx.run_dir / "dataset" / f"{s}.jsonl").read_bytes()
+    status = json.loads((other / ".state" / "last_run.json").read_text())["dataset"]["status"]
+    assert status == "cached"
+    ctx2.cfg.stage_cache = False  # off: the stage really runs
+    (other / ".state" / "dataset.json").unlink()
+    with pytest.raises(pytest.fail.Exception):
+        pipeline.run(ctx2, ["dataset"])
 
 
 def test_metrics_json_keeps_earlier_stages(ctx):

@@ -1,4 +1,14 @@
-"""convert: corpus documents -> ``documents/<doc_id>.md`` and ``documents/manifest.json``."""
+"""convert: corpus documents -> ``documents/<doc_id>.md`` plus, beside them:
+
+- ``documents/manifest.json``: the report — one entry per document or refused file, sorted by
+  source, with its status, error, metadata and table count;
+- ``documents/meta/<doc_id>.json``: spec, version, release, title and the table captions;
+- ``documents/tables/<doc_id>/table-NN.md|.csv``: each table, the Markdown headed by its caption;
+- ``documents/exports/<doc_id>.json|.html``: Docling JSON / HTML when ``docling.exports`` asks.
+
+Only ``documents/*.md`` are documents to later stages. Nothing written depends on timing, the
+worker count or the cache, so the same corpus always gives the same bytes.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +16,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
 
-from runner.atomic import write_json, write_text
+from runner.atomic import write_json
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -53,7 +64,33 @@ def fingerprint_extra(ctx: StageContext) -> str:
     return h.hexdigest()
 
 
+def _put(path: Path, text: str) -> None:
+    # Plain writes: the whole folder is built as documents.partial and renamed into place at
+    # the end, which is the atomic step; an fsync per table file would cost more than Docling.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_document(tmp: Path, doc_id: str, res, exports: list[str]) -> dict:
+    _put(tmp / f"{doc_id}.md", res.markdown)
+    captions = []
+    for n, table in enumerate(res.tables, start=1):
+        stem = tmp / "tables" / doc_id / f"table-{n:02d}"
+        _put(stem.with_suffix(".md"), table["markdown"] + "\n")
+        _put(stem.with_suffix(".csv"), table["csv"])
+        captions.append({"file": f"tables/{doc_id}/table-{n:02d}", "caption": table["caption"],
+                         "rows": table["rows"], "cols": table["cols"]})
+    for fmt in exports:
+        if fmt in res.exports:
+            _put(tmp / "exports" / f"{doc_id}.{fmt}", res.exports[fmt])
+    meta = {"doc_id": doc_id, "source": res.source, "sha256": res.sha256, **res.meta,
+            "tables": captions, "pdf_fallback": res.pdf_fallback}
+    _put(tmp / "meta" / f"{doc_id}.json", json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return meta
+
+
 def run(ctx: StageContext) -> dict[str, float]:
+    from components.convert import ConvertConfigError
     from components.corpus import collect, doc_ids
 
     converter = instantiate(ctx.cfg.docling)
@@ -76,33 +113,45 @@ def run(ctx: StageContext) -> dict[str, float]:
     tmp = ctx.path("documents.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    manifest = []
-    for pr in problems:
-        log.error("convert: %s: %s", pr.name, pr.error)
-        manifest.append({"source": pr.name, "status": "failed", "error": pr.error})
+    manifest = [{"source": pr.name, "status": "failed", "error": pr.error} for pr in problems]
     t0 = time.perf_counter()
-    chars = fallback = ok = 0
-    ids = doc_ids(sources)
-    for doc_id, res in zip(ids, converter.convert_all((s.name, s.path) for s in sources)):
-        entry = {"source": res.source, "doc_id": doc_id, "status": res.status,
-                 "seconds": round(res.seconds, 3)}
+    try:
+        results = converter.convert_all(((s.name, s.path) for s in sources),
+                                        cache_dir=ctx.cfg.cache_dir, progress=sys.stderr.isatty())
+    except ConvertConfigError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageError(f"convert: {exc}") from None
+    seconds = time.perf_counter() - t0
+    chars = fallback = ok = hits = tables = 0
+    for doc_id, res in zip(doc_ids(sources), results):
+        entry = {"source": res.source, "doc_id": doc_id, "status": res.status}
         if res.status == "success":
-            write_text(tmp / f"{doc_id}.md", res.markdown)
-            entry.update(chars=len(res.markdown), pdf_fallback=res.pdf_fallback)
+            meta = _write_document(tmp, doc_id, res, converter.exports)
+            entry.update(chars=len(res.markdown), tables=len(res.tables), pdf_fallback=res.pdf_fallback,
+                         **{k: meta[k] for k in ("spec", "version", "release", "title") if k in meta})
             chars += len(res.markdown)
             fallback += int(res.pdf_fallback)
+            hits += int(res.cached)
+            tables += len(res.tables)
             ok += 1
         else:
             entry["error"] = res.error
-            log.error("convert: %s: %s", res.source, res.error)
         manifest.append(entry)
+    manifest.sort(key=lambda e: e["source"])
+    for m in manifest:
+        if m["status"] == "failed":
+            log.error("convert: %s: %s", m["source"], m["error"])
     write_json(tmp / "manifest.json", manifest)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    failed = sum(1 for m in manifest if m["status"] == "failed")
+    failed = len(manifest) - ok
+    log.info("convert: %d converted (%d from cache), %d failed, %d PDFs on the native fallback, "
+             "%.1fs; report: %s", ok, hits, failed, fallback, seconds, out / "manifest.json")
     if ok == 0:
         raise StageError(f"convert: all {failed} documents failed; see {out / 'manifest.json'}")
     return {"convert/docs": ok, "convert/failed_docs": failed,
-            "convert/pdf_fallback_docs": fallback, "convert/chars": chars,
-            "convert/seconds": round(time.perf_counter() - t0, 3)}
+            "convert/pdf_fallback_docs": fallback, "convert/cache_hits": hits,
+            "convert/tables": tables, "convert/chars": chars,
+            "convert/workers": int(converter.workers or 1),
+            "convert/seconds": round(seconds, 3)}

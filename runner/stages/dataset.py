@@ -1,4 +1,7 @@
-"""dataset: ``extractions.jsonl`` -> ``dataset/{train,valid,test}.jsonl`` (mlx-lm chat format).
+"""dataset: ``extractions.jsonl`` + ``chunks.jsonl`` -> ``dataset/{train,valid,test}.jsonl``.
+
+Examples are the model's grounded Q&A and acronyms plus acronyms parsed by rule from
+Abbreviations sections, in mlx-lm's chat format.
 
 Split by document, so a document's facts never sit on both sides of the train/held-out line, and
 any example that also appears in train is dropped from the held-out splits.
@@ -15,15 +18,18 @@ from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
 
-INPUTS = ["extractions.jsonl"]
+INPUTS = ["extractions.jsonl", "chunks.jsonl"]
 OUTPUTS = ["dataset"]
 CONFIG_KEYS = ["dataset"]
 
 
-def examples_from(record: dict, require_grounded: bool, min_answer_chars: int) -> list[dict]:
-    """(question, answer, kind) triples one extraction record supports."""
+def examples_from(record: dict, chunk: dict | None, require_grounded: bool,
+                  min_answer_chars: int) -> list[dict]:
+    """(question, answer, kind) triples one chunk and its extraction support."""
+    from components.extraction import rule_acronyms
+
     out = []
-    acronyms = list(record.get("rule_acronyms") or [])
+    acronyms = rule_acronyms(chunk) if chunk else []
     if record.get("status") == "ok":
         g = record["grounding"]
         acronyms += g["acronyms"] if require_grounded else record["extraction"]["acronyms"]
@@ -43,30 +49,38 @@ def examples_from(record: dict, require_grounded: bool, min_answer_chars: int) -
 
 def split_docs(counts: dict[str, int], valid_fraction: float, test_fraction: float, seed: int,
                min_per_split: int) -> dict[str, str]:
-    """Assign whole documents to splits: held-out splits get at least their share of examples."""
-    order = sorted(counts, key=lambda d: hashlib.sha256(f"{seed}:{d}".encode()).hexdigest())
+    """Assign whole documents to splits, each to the split furthest below its share of examples
+    (largest documents first), then make sure held-out splits reach ``min_per_split``."""
     total = sum(counts.values())
-    want = {"test": max(min_per_split, int(total * test_fraction)),
-            "valid": max(min_per_split, int(total * valid_fraction))}
-    assign, have = {}, {"test": 0, "valid": 0}
-    for d in order:
-        for split in ("test", "valid"):
-            if have[split] < want[split] and len(order) - len(assign) > 1:
-                assign[d] = split
-                have[split] += counts[d]
+    target = {"train": total * (1 - valid_fraction - test_fraction),
+              "valid": total * valid_fraction, "test": total * test_fraction}
+    tiebreak = {d: hashlib.sha256(f"{seed}:{d}".encode()).hexdigest() for d in counts}
+    have = dict.fromkeys(target, 0)
+    assign: dict[str, str] = {}
+    for d in sorted(counts, key=lambda d: (-counts[d], tiebreak[d])):
+        split = max(target, key=lambda s: target[s] - have[s])
+        assign[d] = split
+        have[split] += counts[d]
+    for split in ("valid", "test"):
+        while have[split] < min_per_split:
+            donors = sorted((d for d, s in assign.items() if s == "train"),
+                            key=lambda d: (counts[d], tiebreak[d]))
+            if len(donors) <= 1:
                 break
-        else:
-            assign[d] = "train"
+            assign[donors[0]] = split
+            have[split] += counts[donors[0]]
+            have["train"] -= counts[donors[0]]
     return assign
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     cfg = ctx.cfg.dataset
     records = read_jsonl(ctx.path("extractions.jsonl"))
+    chunks = {c["id"]: c for c in read_jsonl(ctx.path("chunks.jsonl"))}
     per_doc: dict[str, list[dict]] = {}
     for r in records:
         per_doc.setdefault(r["doc_id"], []).extend(
-            examples_from(r, cfg.require_grounded, cfg.min_answer_chars))
+            examples_from(r, chunks.get(r["chunk_id"]), cfg.require_grounded, cfg.min_answer_chars))
     per_doc = {d: ex for d, ex in per_doc.items() if ex}
     if len(per_doc) < 3:
         raise StageError(f"dataset: examples came from {len(per_doc)} document(s); a split by "

@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     def one(chunk: dict) -> dict:
         rec = {"chunk_id": chunk["id"], "doc_id": chunk["doc_id"], "chunk_sha": _sha(chunk["text"]),
-               "request_key": request_key, "rule_acronyms": X.rule_acronyms(chunk)}
+               "request_key": request_key}
         try:
             reply = svc.chat_json(X.messages_for(chunk), schema, int(ex.max_tokens),
                                   float(ex.temperature))
@@ -162,7 +162,6 @@ def run(ctx: StageContext) -> dict[str, float]:
         "extract/acronym_grounded_rate": round(acr_g / acr, 4) if acr else 0.0,
         "extract/spec_ref_grounded_rate": round(refs_g / refs, 4) if refs else 0.0,
         "extract/qa_grounded_rate": round(sum(r["grounding"]["qa_grounded"] for r in ok) / len(ok), 4) if ok else 0.0,
-        "extract/rule_acronyms": sum(len(r["rule_acronyms"]) for r in records),
         "extract/resumed_chunks": resumed,
         "extract/fallback_used": float(bool(svc and svc.fallback is not None)),
         "extract/retried_requests": float(svc.requests_retried if svc else 0),

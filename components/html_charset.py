@@ -1,0 +1,99 @@
+"""Decode HTML by its declared or detected charset.
+
+Old vendor pages are often Windows-1252 with no charset declared; BeautifulSoup (under Docling's
+HTML backend) then guesses, and a near-tie between code pages turns "naïve" into "naďve". We
+decode here and give Docling UTF-8 with a byte-order mark, which BeautifulSoup trusts over any
+stale ``<meta charset>`` left in the text.
+"""
+from __future__ import annotations
+
+import codecs
+import re
+
+_DECLARED = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+_XML_DECL = re.compile(rb"""<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""", re.I)
+# WHATWG: these labels mean windows-1252 in every browser.
+_AS_CP1252 = {"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "ascii", "us-ascii",
+              "cp819", "ibm819", "iso-ir-100", "windows-1252", "cp1252", "x-cp1252"}
+_BOMS = [(codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"),
+         (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def declared_charset(data: bytes) -> str | None:
+    head = data[:4096]
+    m = _DECLARED.search(head) or _XML_DECL.search(head)
+    if not m:
+        return None
+    label = m.group(1).decode("ascii", "replace").lower()
+    if label in _AS_CP1252:
+        return "cp1252"
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+# Five bytes are undefined in cp1252; browsers read them as the C1 controls latin-1 gives.
+_CP1252 = {b: (bytes([b]).decode("cp1252", "ignore") or chr(b)) for b in range(128, 256)}
+
+
+def _cp1252(data: bytes) -> str:
+    return data.decode("latin-1").translate(_CP1252)
+
+
+def _decode_as(data: bytes, enc: str) -> str:
+    return _cp1252(data) if enc == "cp1252" else data.decode(enc)
+
+
+def detect(data: bytes) -> str:
+    """The charset to read ``data`` with: BOM, then declaration, then UTF-8, then detection."""
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            return enc
+    declared = declared_charset(data)
+    if declared in ("cp1252", "iso8859-15") and not data.isascii():
+        # Pages saved as UTF-8 keep a stale latin-1 declaration often; legacy text that is
+        # also valid UTF-8 is vanishingly rare, so valid UTF-8 wins.
+        try:
+            data.decode("utf-8")
+            return "utf-8"
+        except UnicodeDecodeError:
+            pass
+    if declared:
+        try:
+            _decode_as(data, declared)
+            return declared
+        except (UnicodeDecodeError, LookupError):
+            pass  # the declaration is wrong; find out from the bytes
+    try:
+        data.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    import charset_normalizer
+
+    results = list(charset_normalizer.from_bytes(data))
+    if not results:
+        return "cp1252"
+    best = results[0]
+    # Short Western text scores the same under several single-byte code pages; cp1252 is what
+    # an undeclared page almost always is (and what browsers assume), so it wins a tie.
+    for r in results:
+        if r.encoding == "cp1252" and r.chaos <= best.chaos and r.coherence >= best.coherence:
+            return "cp1252"
+    return best.encoding
+
+
+def decode_html(data: bytes) -> tuple[str, str]:
+    """The text of an HTML file and the charset it was read with."""
+    enc = detect(data)
+    try:
+        return _decode_as(data, enc), enc
+    except (UnicodeDecodeError, LookupError):
+        return data.decode("cp1252", "replace"), "cp1252"
+
+
+def utf8_for_docling(data: bytes) -> tuple[bytes, str]:
+    text, enc = decode_html(data)
+    return codecs.BOM_UTF8 + text.lstrip("\ufeff").encode("utf-8"), enc

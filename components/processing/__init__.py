@@ -1,0 +1,29 @@
+"""Corpus processing: normalize, chunk and deduplicate converted Markdown (rust/SPEC.md).
+
+Two engines implement one specification: the Rust binary `ericsson-dataset-pipeline` (fast)
+and a Python twin (the reference). ``process.engine=auto`` picks Rust when cargo is available.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.processing import rust, twin
+from components.processing.config import ProcessConfig, load_config, process_config, write_config
+from components.processing.errors import ProcessingError
+
+__all__ = ["ProcessConfig", "ProcessingError", "load_config", "process_config", "resolve_engine",
+           "run_processing", "write_config"]
+
+
+def resolve_engine(engine: str) -> str:
+    if engine == "auto":
+        return "rust" if rust.available() else "python"
+    return engine
+
+
+def run_processing(cfg: ProcessConfig, config_path: str | Path) -> dict[str, Any]:
+    """Runs the configured engine on the config written at ``config_path``; returns its result."""
+    if resolve_engine(cfg.engine) == "rust":
+        return rust.run(Path(config_path), cfg.timeout_s)
+    return twin.run(cfg)

@@ -1,0 +1,85 @@
+//! The binary end to end: result JSON, JSON errors, bad documents, thread-count independence.
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ericsson-dataset-pipeline");
+
+fn config(dir: &Path, threads: usize, extra: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "engine: rust\ntimeout_s: 60\nthreads: {threads}\ninput_dir: {}\noutput_path: {}\n\
+         normalize: {{nfc: true, strip_page_furniture: true, strip_toc: true}}\n\
+         chunk: {{max_chars: 400, overlap_chars: 40, min_chars: 50}}\n\
+         dedup: {{exact: true, near: true, shingle_size: 3, num_perm: 64, bands: 16, threshold: 0.7, seed: 1}}\n\
+         filters: {{min_chars: 10, min_words: 2, min_alpha_ratio: 0.1, max_table_density: 1.0}}\n{extra}",
+        dir.join("documents").display(),
+        dir.join(format!("chunks{threads}.jsonl")).display()
+    );
+    let path = dir.join(format!("process{threads}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn corpus(dir: &Path) {
+    let docs = dir.join("documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    let body: String = (0..30)
+        .map(|s| format!("## 4.{s} Clause {s}\nThe UE shall apply configuration {s} when the timer T{s} expires and the gNB indicates it.\n\n"))
+        .collect();
+    std::fs::write(
+        docs.join("a_rel17.md"),
+        format!("3GPP TS 38.300 V17.0.0 (2023-03)\n{body}"),
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("a_rel18.md"),
+        body.replace("Clause 7\nThe UE shall", "Clause 7\nThe UE may"),
+    )
+    .unwrap();
+    std::fs::write(docs.join("bad.md"), b"## 1 Bad\n\xff\xfe not utf-8").unwrap();
+    std::fs::write(docs.join("notes.txt"), "ignored").unwrap();
+}
+
+#[test]
+fn runs_reports_bad_documents_and_is_thread_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path());
+    let mut outputs = Vec::new();
+    for threads in [1, 2, 3] {
+        let out = Command::new(BIN).arg(config(dir.path(), threads, "")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["documents"], 2);
+        assert_eq!(result["documents_failed"], 1);
+        assert_eq!(result["failures"][0]["kind"], "invalid_utf8");
+        assert_eq!(result["failures"][0]["doc_id"], "bad");
+        assert!(result["exact_duplicates"].as_u64().unwrap() > 0);
+        assert!(result["near_duplicates"].as_u64().unwrap() >= 1);
+        outputs.push(std::fs::read(dir.path().join(format!("chunks{threads}.jsonl"))).unwrap());
+    }
+    assert!(!outputs[0].is_empty());
+    assert!(outputs.iter().all(|o| o == &outputs[0]));
+    let first = String::from_utf8(outputs[0].clone()).unwrap();
+    assert!(!first.contains("3GPP TS 38.300"), "page header stripped");
+}
+
+#[test]
+fn unknown_key_is_a_json_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path());
+    let path = config(dir.path(), 1, "colour: blue\n");
+    let out = Command::new(BIN).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["kind"], "config");
+    assert!(err["message"].as_str().unwrap().contains("colour"));
+    assert_eq!(err["path"], path.display().to_string());
+}
+
+#[test]
+fn missing_input_dir_is_a_json_input_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).arg(config(dir.path(), 1, "")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["kind"], "input");
+}
