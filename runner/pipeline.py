@@ -88,7 +88,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _cache_dir(ctx: StageContext, name: str, fp: str) -> Path | None:
-    if not ctx.cfg.get("stage_cache", False):
+    if not ctx.cfg.get("stage_cache", False) or not getattr(load_stage(name), "STAGE_CACHE", True):
         return None
     return Path(ctx.cfg.cache_dir) / "stages" / name / fp[:32]
 

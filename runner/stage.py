@@ -8,9 +8,14 @@ A stage is a module in ``runner.stages`` with four names:
 - ``run(ctx) -> dict[str, float]``: does the work and returns its final metrics, named
   ``"<stage>/<name>"``.
 
-The pipeline owns skipping: a stage whose outputs exist and whose input hashes and config are
-unchanged is not run again, and its last metrics are reused. A stage knows nothing about the
-stages around it; it only reads its inputs from and writes its outputs to ``ctx.run_dir``.
+Optional names: ``OPTIONAL_INPUTS`` (read when present), ``fingerprint_extra(ctx) -> str`` (what
+else decides its outputs, e.g. files outside the run directory) and ``STAGE_CACHE = False`` (never
+share its outputs across runs).
+
+The pipeline owns skipping: a stage whose outputs exist and whose code, input hashes and config
+are unchanged is not run again, and its last metrics are reused; another run with the same
+fingerprint copies its outputs from the stage cache. A stage knows nothing about the stages
+around it; it only reads its inputs from and writes its outputs to ``ctx.run_dir``.
 """
 from __future__ import annotations
 

@@ -378,8 +378,9 @@ def stage_ctx(run_dir: Path, base_url: str, dest: Path, specs, **extra) -> Stage
     return StageContext(run_dir=run_dir, cfg=cfg, tracker=None)
 
 
-def test_stage_config_is_valid():
-    conf = OmegaConf.load(ROOT / "conf/acquire/default.yaml")
+def test_stage_config_is_valid(compose, tmp_path):
+    conf = compose(f"cache_dir={tmp_path}").acquire
+    assert conf.downloader.dest == f"{tmp_path}/3gpp"  # downloads live in the shared cache
     d = ThreeGPPDownloader(**{k: v for k, v in conf.downloader.items() if k != "_target_"})
     assert d.base_url == "https://www.3gpp.org/ftp"
     assert d.url("38.331", "h00") == "https://www.3gpp.org/ftp/Specs/archive/38_series/38.331/38331-h00.zip"
@@ -450,3 +451,21 @@ def test_stage_refused_archive_fails_only_that_spec(serve, archive_root, tmp_pat
     assert "38331-h00.zip" in by["38.331@h00"]["error"] and "path traversal" in by["38.331@h00"]["error"]
     assert by["38.413@g50"]["status"] == "ok" and by["38.413@g50"]["documents"]
     assert not list(tmp_path.rglob("escaped.docx"))
+
+
+def test_acquired_specs_are_what_convert_converts(serve, tmp_path, compose):
+    """acquire -> convert through the pipeline: the downloaded release is converted, and the
+    built-in sample corpus does not stand in when the user asked for specs."""
+    from components.tracking import NullTracker
+    from runner import pipeline
+
+    base, _ = serve()
+    cfg = compose(f"cache_dir={tmp_path / 'cache'}", "acquire.specs=[38.331@Rel-17]",
+                  f"acquire.downloader.base_url={base}", "acquire.downloader.retries=1")
+    run = tmp_path / "run"
+    run.mkdir()
+    m = pipeline.run(StageContext(run_dir=run, cfg=cfg, tracker=NullTracker()), ["acquire", "convert"])
+    assert m["acquire/downloaded"] == 1 and m["convert/docs"] >= 1
+    docs = sorted(p.name for p in (run / "documents").glob("*.md"))
+    assert "38331-h21.md" in docs
+    assert not any(d.startswith("operator-rollout-notes") for d in docs)

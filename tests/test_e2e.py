@@ -22,16 +22,27 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+CACHE: Path | None = None
+
+
 def runner(args: list[str], env_extra: dict | None = None, timeout: int = 900):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
     t0 = time.perf_counter()
+    # A cache of this test session's own: every stage really runs once here, whatever earlier
+    # runs in this checkout left in outputs/cache.
+    flags = [a for a in args if a == "-m"]
+    args = [*flags, f"cache_dir={CACHE}", *(a for a in args if a != "-m")]
     out = subprocess.run([sys.executable, "-m", "runner", *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=timeout)
+    # Hydra's job logging writes to stdout; keep both streams in one place for assertions.
+    out.log = out.stdout + out.stderr
     return out, time.perf_counter() - t0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def store(tmp_path_factory):
+    global CACHE
+    CACHE = tmp_path_factory.mktemp("cache")
     d = tmp_path_factory.mktemp("mlflow")
     return f"sqlite:///{d / 'mlflow.db'}"
 
@@ -40,7 +51,7 @@ def store(tmp_path_factory):
 def default_run(tmp_path_factory, store):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     out, seconds = runner([f"hydra.run.dir={run_dir}"], {"MLFLOW_TRACKING_URI": store})
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert out.returncode == 0, out.log[-6000:]
     return run_dir, out, seconds
 
 
@@ -102,7 +113,7 @@ def test_mlflow_has_stage_metrics_params_tags_and_artifacts(default_run, store):
 def test_rerun_in_the_same_directory_skips_everything(default_run, store):
     run_dir, _, first = default_run
     out, seconds = runner([f"hydra.run.dir={run_dir}"], {"MLFLOW_TRACKING_URI": store})
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, out.log[-4000:]
     last = json.loads((run_dir / ".state" / "last_run.json").read_text())
     assert {v["status"] for v in last.values()} == {"skipped"}, last
     assert seconds < 0.25 * first, (seconds, first)
@@ -119,7 +130,7 @@ def test_interrupted_extraction_resumes(default_run, store, tmp_path):
     (run_dir / "extractions.partial.jsonl").write_text("".join(lines[:keep]) + lines[keep][:40])
     out, _ = runner([f"hydra.run.dir={run_dir}", "stages=[extract]", "stage_cache=false"],
                     {"MLFLOW_TRACKING_URI": store})
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, out.log[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["extract/resumed_chunks"] == keep
     ex = [json.loads(l) for l in open(run_dir / "extractions.jsonl")]
@@ -138,9 +149,9 @@ def test_ollama_on_m3max_completes_through_the_fallback(tmp_path, store):
                      f"service.base_url=http://127.0.0.1:{free_port()}",
                      "stages=[convert,process,extract]", "extraction.max_chunks=3"],
                     {"MLFLOW_TRACKING_URI": store})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "SERVICE FALLBACK" in out.stderr and "cannot reach Ollama" in out.stderr
-    assert "expects 128 GB" in out.stderr  # m3max scaled down, with a warning
+    assert out.returncode == 0, out.log[-4000:]
+    assert "SERVICE FALLBACK" in out.log and "cannot reach Ollama" in out.log
+    assert "expects 128 GB" in out.log  # m3max scaled down, with a warning
     _, run = mlflow_run(store, out.stdout)
     t = run.data.tags
     assert (t["service.configured"], t["service.used"], t["service.fallback"]) == ("ollama", "embedded", "true")
@@ -155,7 +166,7 @@ def test_unavailable_base_model_fails_before_any_stage(tmp_path, store):
     out, seconds = runner([f"hydra.run.dir={run_dir}", "model=qwen3-1.7b"],
                           {"MLFLOW_TRACKING_URI": store, "HF_HOME": str(tmp_path / "hf")})
     assert out.returncode != 0
-    assert "hf download Qwen/Qwen3-1.7B" in out.stderr
+    assert "hf download Qwen/Qwen3-1.7B" in out.log
     assert not (run_dir / "documents").exists()
 
 
@@ -163,4 +174,21 @@ def test_missing_inputs_name_the_producing_stage(tmp_path, store):
     out, _ = runner([f"hydra.run.dir={tmp_path / 'ft'}", "stages=[finetune]"],
                     {"MLFLOW_TRACKING_URI": store})
     assert out.returncode != 0
-    assert "needs dataset" in out.stderr and "'dataset' stage" in out.stderr
+    assert "needs dataset" in out.log and "'dataset' stage" in out.log
+
+
+def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
+    sweep = tmp_path / "sweep"
+    out, _ = runner(["-m", "lora.rank=4,8", "lora.iters=4", "lora.steps_per_eval=4",
+                     "evaluate.max_examples=2", f"hydra.sweep.dir={sweep}"],
+                    {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.log[-4000:]
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("telecom-finetune").experiment_id],
+                              filter_string="params.`lora.iters` = '4'")
+    assert sorted(r.data.params["lora.rank"] for r in runs) == ["4", "8"]
+    for job in ("0", "1"):
+        last = json.loads((sweep / job / ".state" / "last_run.json").read_text())
+        # Upstream work is shared through the stage cache; only training and evaluation run.
+        assert last["extract"]["status"] == "cached" and last["finetune"]["status"] == "ran"
+        assert "eval/val_loss_after" in json.loads((sweep / job / "metrics.json").read_text())

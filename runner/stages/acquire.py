@@ -8,7 +8,9 @@ re-running with a warm cache produces the same bytes and does not invalidate lat
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,20 @@ from runner.stage import StageContext, StageError
 INPUTS: list[str] = []
 OUTPUTS = ["acquired.json"]
 CONFIG_KEYS = ["acquire"]
+# Downloads have their own cache; a failure (offline today) must not be replayed to other runs.
+STAGE_CACHE = False
 
 log = logging.getLogger(__name__)
+
+
+def fingerprint_extra(ctx: StageContext) -> str:
+    """Never up to date while a spec failed: the next run tries it again (cached ones are free)."""
+    path = ctx.path("acquired.json")
+    if path.is_file():
+        specs = json.loads(path.read_text(encoding="utf-8")).get("specs", [])
+        if any(s.get("status") == "failed" for s in specs):
+            return f"retry-{time.time_ns()}"
+    return ""
 
 
 def run(ctx: StageContext) -> dict[str, float]:

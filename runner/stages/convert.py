@@ -42,12 +42,14 @@ def corpus_root(ctx: StageContext) -> Path:
 
 
 def _inputs(ctx: StageContext) -> list[Path]:
-    roots = [corpus_root(ctx)]
-    acquired = ctx.path("acquired.json")
-    if acquired.is_file():
-        data = json.loads(acquired.read_text(encoding="utf-8"))
-        roots += [Path(p) for p in data.get("documents", [])]
-    return roots
+    acquired: list[Path] = []
+    if ctx.path("acquired.json").is_file():
+        data = json.loads(ctx.path("acquired.json").read_text(encoding="utf-8"))
+        acquired = [Path(p) for p in data.get("documents", [])]
+    # The built-in sample corpus only stands in when the user gave no documents at all.
+    if acquired and not ctx.cfg.corpus.path:
+        return acquired
+    return [corpus_root(ctx), *acquired]
 
 
 def fingerprint_extra(ctx: StageContext) -> str:
