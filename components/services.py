@@ -46,13 +46,6 @@ class LLMService(Protocol):
     def close(self) -> None: ...
 
 
-def describe(service: Any) -> dict:
-    """What to record about a service (never its key)."""
-    return {"name": getattr(service, "name", type(service).__name__),
-            "model": getattr(service, "model", None),
-            "base_url": getattr(service, "base_url", None)}
-
-
 class OpenAICompatibleService:
     """OpenAI ``/v1/chat/completions`` with ``response_format: json_schema``."""
 

@@ -53,6 +53,14 @@ class StageContext:
                 self._closers.append(close)
         return self._cache[name]
 
+    def release(self, name: str) -> None:
+        """Close a shared component early (a server that later stages do not need)."""
+        obj = self._cache.pop(name, None)
+        close = getattr(obj, "close", None)
+        if callable(close):
+            self._closers.remove(close)
+            close()
+
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()

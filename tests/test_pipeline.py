@@ -137,3 +137,21 @@ def test_a_failing_stage_leaves_no_completed_state(ctx, monkeypatch):
         pipeline.run(ctx, ["dataset"])
     assert not (ctx.run_dir / ".state" / "dataset.json").exists()
     assert (ctx.run_dir / "dataset" / "train.jsonl").exists()  # earlier output is not lost
+
+
+def test_shared_components_are_built_once_and_closed(tmp_path):
+    class Server:
+        closed = 0
+
+        def close(self):
+            Server.closed += 1
+
+    ctx = StageContext(run_dir=tmp_path, cfg=None, tracker=NullTracker())
+    built = []
+    a = ctx.shared("llm", lambda: built.append(1) or Server())
+    assert ctx.shared("llm", lambda: built.append(1) or Server()) is a and built == [1]
+    ctx.release("llm")
+    assert Server.closed == 1
+    ctx.shared("other", Server)
+    ctx.close()
+    assert Server.closed == 2  # released ones are not closed twice

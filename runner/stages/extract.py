@@ -134,6 +134,8 @@ def run(ctx: StageContext) -> dict[str, float]:
             if i % 10 == 0 or i == len(todo):
                 log.info("extract: %d/%d chunks", i, len(todo))
     seconds = time.perf_counter() - t0
+    # Free the server's threads and memory before training starts.
+    ctx.release("llm")
 
     records = [done[c["id"]] for c in chunks if c["id"] in done]
     errors = [r for r in records if r["status"] == "error"]
