@@ -68,12 +68,10 @@ class HardwareProfile:
                             "here, so MLX runs on the CPU in float32")
             accel = "cpu"
         mem = self.memory_gb or m["memory_gb"]
-        factor = 1.0
         if mem > m["memory_gb"] * 1.05:
-            factor = m["memory_gb"] / mem
             warnings.append(f"hardware profile '{self.name}' expects {mem:.0f} GB of memory; this "
-                            f"machine has {m['memory_gb']:.0f} GB, so batch size and workers are "
-                            f"scaled down by {factor:.2f}")
+                            f"machine has {m['memory_gb']:.0f} GB, so the batch size is capped to "
+                            f"fit it")
             mem = m["memory_gb"]
         threads = self.cpu_threads or m["cpus"]
         if threads > m["cpus"]:
@@ -81,9 +79,8 @@ class HardwareProfile:
                             f"using {m['cpus']}")
             threads = m["cpus"]
 
-        def scaled(value: int | None, default: int, cap: int | None = None) -> int:
-            v = default if value is None else max(1, int(value * factor))
-            return max(1, min(v, cap) if cap else v)
+        def capped(value: int | None, default: int, cap: int) -> int:
+            return max(1, min(default if value is None else value, cap))
 
         dtype = self.dtype
         if dtype == "auto" or (accel == "cpu" and dtype != "float32"):
@@ -96,9 +93,9 @@ class HardwareProfile:
             memory_gb=round(mem, 1),
             accelerator=accel,
             cpu_threads=threads,
-            convert_workers=scaled(self.convert_workers, max(1, threads // 2), threads),
-            extract_concurrency=scaled(self.extract_concurrency, 2, max(2, threads)),
-            train_batch_size=scaled(self.train_batch_size, 4, batch_cap),
+            convert_workers=capped(self.convert_workers, max(1, threads // 2), threads),
+            extract_concurrency=capped(self.extract_concurrency, 2, max(2, threads)),
+            train_batch_size=capped(self.train_batch_size, 4, batch_cap),
             dtype=dtype,
             scaled=bool(warnings),
             warnings=tuple(warnings),
