@@ -28,7 +28,7 @@ def binary_path(crate_dir: Path = CRATE_DIR) -> Path:
     return target / "release" / BINARY
 
 
-def _sources(crate_dir: Path) -> list[Path]:
+def sources(crate_dir: Path) -> list[Path]:
     files = [crate_dir / "Cargo.toml", crate_dir / "Cargo.lock"]
     return [f for f in files if f.exists()] + sorted((crate_dir / "src").rglob("*.rs"))
 
@@ -38,7 +38,7 @@ def is_up_to_date(crate_dir: Path = CRATE_DIR) -> bool:
     if not binary.is_file():
         return False
     built = binary.stat().st_mtime
-    return all(src.stat().st_mtime <= built for src in _sources(crate_dir))
+    return all(src.stat().st_mtime <= built for src in sources(crate_dir))
 
 
 def available(crate_dir: Path = CRATE_DIR) -> bool:

@@ -6,6 +6,7 @@ engine's result (counts, duplicate clusters, phase timings) to ``process_result.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -20,6 +21,18 @@ log = logging.getLogger(__name__)
 INPUTS = ["documents"]
 OUTPUTS = ["chunks.jsonl"]
 CONFIG_KEYS = ["process"]
+
+
+def fingerprint_extra(ctx: StageContext) -> str:
+    """Both engines' sources: a changed chunker or deduplicator must not reuse old chunks."""
+    from components.processing import rust
+
+    root = rust.CRATE_DIR.parent
+    files = rust.sources(rust.CRATE_DIR) + sorted((root / "components" / "processing").glob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def metrics(result: dict[str, Any], wall_s: float) -> dict[str, float]:
