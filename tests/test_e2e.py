@@ -192,3 +192,21 @@ def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
         # Upstream work is shared through the stage cache; only training and evaluation run.
         assert last["extract"]["status"] == "cached" and last["finetune"]["status"] == "ran"
         assert "eval/val_loss_after" in json.loads((sweep / job / "metrics.json").read_text())
+
+
+def test_no_secret_reaches_logs_params_or_artifacts(tmp_path, store):
+    secret = "sk-e2e-do-not-leak-4f9a1c"
+    run_dir = tmp_path / "secret"
+    out, _ = runner([f"hydra.run.dir={run_dir}", "service=openai",
+                     f"service.base_url=http://127.0.0.1:{free_port()}/v1",
+                     f"service.api_key={secret}", "stages=[convert,process,extract]",
+                     "extraction.max_chunks=1"], {"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.log[-4000:]
+    assert secret not in out.log
+    leaked = [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+    client, run = mlflow_run(store, out.stdout)
+    assert run.data.params["service.api_key"] == "***redacted***"
+    assert secret not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    art_dir = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "arts")))
+    assert not [p for p in art_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
