@@ -6,7 +6,6 @@ spoils `components.blas.use_fast_blas()`, which must run before mlx's first impo
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -278,11 +277,9 @@ def convert_gguf_to_mlx(gguf_path: str | os.PathLike, out_dir: str | os.PathLike
 
 
 def _cache_key(path: Path, dtype: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return f"{path.stem}-{digest.hexdigest()[:16]}-{dtype}-v{CONVERTER_VERSION}"
+    from components.corpus import file_sha256
+
+    return f"{path.stem}-{file_sha256(path)[:16]}-{dtype}-v{CONVERTER_VERSION}"
 
 
 def ensure_mlx_model(gguf_path: str | os.PathLike, cache_root: str | os.PathLike, dtype: str = "float32") -> Path:
