@@ -87,15 +87,15 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _cache_dir(ctx: StageContext, name: str, fp: str) -> Path | None:
-    if not ctx.cfg.get("stage_cache", False) or not getattr(load_stage(name), "STAGE_CACHE", True):
+def _cache_dir(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> Path | None:
+    if not ctx.cfg.get("stage_cache", False) or not getattr(stage, "STAGE_CACHE", True):
         return None
     return Path(ctx.cfg.cache_dir) / "stages" / name / fp[:32]
 
 
 def _from_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dict | None:
     """Outputs another run made from the same inputs and config (sweeps share upstream work)."""
-    d = _cache_dir(ctx, name, fp)
+    d = _cache_dir(ctx, stage, name, fp)
     if d is None or not (d / "metrics.json").is_file():
         return None
     for out in stage.OUTPUTS:
@@ -110,7 +110,7 @@ def _from_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dic
 
 
 def _to_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str, metrics: dict) -> None:
-    d = _cache_dir(ctx, name, fp)
+    d = _cache_dir(ctx, stage, name, fp)
     if d is None or d.exists():
         return
     d.parent.mkdir(parents=True, exist_ok=True)

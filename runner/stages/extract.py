@@ -152,7 +152,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     acr_g = sum(len(r["grounding"]["acronyms"]) for r in ok)
     refs = sum(len(r["extraction"]["spec_refs"]) for r in ok)
     refs_g = sum(len(r["grounding"]["spec_refs"]) for r in ok)
-    new = [r for r in records if r["chunk_id"] in {c["id"] for c in todo} and "completion_tokens" in r]
+    todo_ids = {c["id"] for c in todo}
+    new = [r for r in records if r["chunk_id"] in todo_ids and "completion_tokens" in r]
     tokens = sum(r["completion_tokens"] for r in new)
     return {
         "extract/chunks": n,
