@@ -10,10 +10,11 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from runner.atomic import build_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,33 +97,28 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: Any, batch_size:
     linear_to_lora_layers(model, num_layers, params)
     trainable = sum(v.size for _, v in _flat(model.trainable_parameters()))
 
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    args = TrainingArgs(batch_size=batch_size, iters=int(lora.iters),
-                        val_batches=int(lora.val_batches), steps_per_report=int(lora.steps_per_report),
-                        steps_per_eval=int(lora.steps_per_eval), steps_per_save=10**9,
-                        adapter_file=str(tmp / "adapters.safetensors"),
-                        max_seq_length=int(lora.max_seq_length))
-    reporter = _Reporter(log_metrics)
+    with build_dir(out_dir) as tmp:
+        args = TrainingArgs(batch_size=batch_size, iters=int(lora.iters),
+                            val_batches=int(lora.val_batches), steps_per_report=int(lora.steps_per_report),
+                            steps_per_eval=int(lora.steps_per_eval), steps_per_save=10**9,
+                            adapter_file=str(tmp / "adapters.safetensors"),
+                            max_seq_length=int(lora.max_seq_length))
+        reporter = _Reporter(log_metrics)
 
-    class Callback(TrainingCallback):
-        on_train_loss_report = reporter.on_train_loss_report
-        on_val_loss_report = reporter.on_val_loss_report
+        class Callback(TrainingCallback):
+            on_train_loss_report = reporter.on_train_loss_report
+            on_val_loss_report = reporter.on_val_loss_report
 
-    t0 = time.perf_counter()
-    mlx_train(model=model, optimizer=optim.Adam(learning_rate=float(lora.learning_rate)),
-              train_dataset=train_set, val_dataset=valid_set, args=args,
-              training_callback=Callback())
-    seconds = time.perf_counter() - t0
-    # What mlx_lm.load(adapter_path=...) needs to rebuild the LoRA layers.
-    (tmp / "adapter_config.json").write_text(json.dumps({
-        "fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params,
-        "model": str(model_dir), "batch_size": batch_size, "iters": int(lora.iters),
-        "learning_rate": float(lora.learning_rate)}, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+        t0 = time.perf_counter()
+        mlx_train(model=model, optimizer=optim.Adam(learning_rate=float(lora.learning_rate)),
+                  train_dataset=train_set, val_dataset=valid_set, args=args,
+                  training_callback=Callback())
+        seconds = time.perf_counter() - t0
+        # What mlx_lm.load(adapter_path=...) needs to rebuild the LoRA layers.
+        (tmp / "adapter_config.json").write_text(json.dumps({
+            "fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params,
+            "model": str(model_dir), "batch_size": batch_size, "iters": int(lora.iters),
+            "learning_rate": float(lora.learning_rate)}, indent=2))
     return {"finetune/seconds": round(seconds, 2), "finetune/trainable_params": float(trainable),
             "finetune/batch_size": float(batch_size), "finetune/iters": float(lora.iters),
             **{f"{k}_final" if k.endswith("loss") else k: round(v, 5)

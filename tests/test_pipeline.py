@@ -155,3 +155,18 @@ def test_shared_components_are_built_once_and_closed(tmp_path):
     ctx.shared("other", Server)
     ctx.close()
     assert Server.closed == 2  # released ones are not closed twice
+
+
+def test_build_dir_swaps_in_only_a_complete_folder(tmp_path):
+    from runner.atomic import build_dir
+
+    out = tmp_path / "dataset"
+    with build_dir(out) as tmp:
+        (tmp / "train.jsonl").write_text("v1\n")
+    assert (out / "train.jsonl").read_text() == "v1\n"
+    with pytest.raises(RuntimeError):
+        with build_dir(out) as tmp:
+            (tmp / "train.jsonl").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert (out / "train.jsonl").read_text() == "v1\n"  # the earlier output survives
+    assert not (tmp_path / "dataset.partial").exists()

@@ -14,15 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
 
-from runner.atomic import write_json
+from runner.atomic import build_dir, write_json
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -67,8 +65,8 @@ def fingerprint_extra(ctx: StageContext) -> str:
 
 
 def _put(path: Path, text: str) -> None:
-    # Plain writes: the whole folder is built as documents.partial and renamed into place at
-    # the end, which is the atomic step; an fsync per table file would cost more than Docling.
+    # Plain writes: the whole folder is built by build_dir and renamed into place at the end,
+    # which is the atomic step; an fsync per table file would cost more than Docling.
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
 
@@ -100,7 +98,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         converter.workers = ctx.hardware.convert_workers
     exts = set(ctx.cfg.corpus.extensions)
     sources, problems = [], []
-    for root in _inputs(ctx):
+    roots = _inputs(ctx)
+    for root in roots:
         try:
             s, p = collect(root, exts, Path(ctx.cfg.cache_dir) / "extracted")
         except FileNotFoundError as exc:
@@ -109,44 +108,38 @@ def run(ctx: StageContext) -> dict[str, float]:
         problems += p
     if not sources and not problems:
         raise StageError(f"convert: no documents ({', '.join(sorted(exts))}) under "
-                         f"{', '.join(map(str, _inputs(ctx)))}")
+                         f"{', '.join(map(str, roots))}")
 
     out = ctx.path("documents")
-    tmp = ctx.path("documents.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     manifest = [{"source": pr.name, "status": "failed", "error": pr.error} for pr in problems]
     t0 = time.perf_counter()
     try:
         results = converter.convert_all(((s.name, s.path) for s in sources),
                                         cache_dir=ctx.cfg.cache_dir, progress=sys.stderr.isatty())
     except ConvertConfigError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise StageError(f"convert: {exc}") from None
     seconds = time.perf_counter() - t0
     chars = fallback = ok = hits = tables = 0
-    for doc_id, res in zip(doc_ids(sources), results):
-        entry = {"source": res.source, "doc_id": doc_id, "status": res.status}
-        if res.status == "success":
-            meta = _write_document(tmp, doc_id, res, converter.exports)
-            entry.update(chars=len(res.markdown), tables=len(res.tables), pdf_fallback=res.pdf_fallback,
-                         **{k: meta[k] for k in ("spec", "version", "release", "title") if k in meta})
-            chars += len(res.markdown)
-            fallback += int(res.pdf_fallback)
-            hits += int(res.cached)
-            tables += len(res.tables)
-            ok += 1
-        else:
-            entry["error"] = res.error
-        manifest.append(entry)
-    manifest.sort(key=lambda e: e["source"])
-    for m in manifest:
-        if m["status"] == "failed":
-            log.error("convert: %s: %s", m["source"], m["error"])
-    write_json(tmp / "manifest.json", manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with build_dir(out) as tmp:
+        for doc_id, res in zip(doc_ids(sources), results):
+            entry = {"source": res.source, "doc_id": doc_id, "status": res.status}
+            if res.status == "success":
+                meta = _write_document(tmp, doc_id, res, converter.exports)
+                entry.update(chars=len(res.markdown), tables=len(res.tables), pdf_fallback=res.pdf_fallback,
+                             **{k: meta[k] for k in ("spec", "version", "release", "title") if k in meta})
+                chars += len(res.markdown)
+                fallback += int(res.pdf_fallback)
+                hits += int(res.cached)
+                tables += len(res.tables)
+                ok += 1
+            else:
+                entry["error"] = res.error
+            manifest.append(entry)
+        manifest.sort(key=lambda e: e["source"])
+        for m in manifest:
+            if m["status"] == "failed":
+                log.error("convert: %s: %s", m["source"], m["error"])
+        write_json(tmp / "manifest.json", manifest)
     failed = len(manifest) - ok
     log.info("convert: %d converted (%d from cache), %d failed, %d PDFs on the native fallback, "
              "%.1fs; report: %s", ok, hits, failed, fallback, seconds, out / "manifest.json")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 
-from runner.atomic import read_jsonl, write_jsonl
+from runner.atomic import build_dir, read_jsonl, write_jsonl
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -112,20 +110,14 @@ def run(ctx: StageContext) -> dict[str, float]:
             raise StageError(f"dataset: the {s} split has {len(rows)} examples, fewer than the "
                              f"batch size {min_split}; add documents or lower lora.batch_size")
 
-    tmp = ctx.path("dataset.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     sys_msg = cfg.system_prompt
-    for s, rows in splits.items():
-        write_jsonl(tmp / f"{s}.jsonl", (
-            {"messages": [{"role": "system", "content": sys_msg},
-                          {"role": "user", "content": e["question"]},
-                          {"role": "assistant", "content": e["answer"]}],
-             "meta": {"doc_id": e["doc_id"], "kind": e["kind"]}} for e in rows))
-    out = ctx.path("dataset")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with build_dir(ctx.path("dataset")) as tmp:
+        for s, rows in splits.items():
+            write_jsonl(tmp / f"{s}.jsonl", (
+                {"messages": [{"role": "system", "content": sys_msg},
+                              {"role": "user", "content": e["question"]},
+                              {"role": "assistant", "content": e["answer"]}],
+                 "meta": {"doc_id": e["doc_id"], "kind": e["kind"]}} for e in rows))
     n = {s: len(r) for s, r in splits.items()}
     return {"dataset/train": n["train"], "dataset/valid": n["valid"], "dataset/test": n["test"],
             "dataset/qa": sum(e["kind"] == "qa" for r in splits.values() for e in r),
