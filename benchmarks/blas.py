@@ -1,4 +1,4 @@
-"""mlx CPU float32 matmul: bundled reference BLAS vs OpenBLAS via components.blas.use_fast_blas().
+"""mlx CPU float32 matmul: bundled reference BLAS vs OpenBLAS via components.training.blas.use_fast_blas().
 
 Each side runs in its own interpreter, since BLAS is fixed at mlx's first import.
 Usage: python benchmarks/blas.py [--n 1024 2048]
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = """
 import sys
-from components.blas import use_fast_blas, matmul_gflops
+from components.training.blas import use_fast_blas, matmul_gflops
 loaded = use_fast_blas() if sys.argv[1] == "openblas" else None
 if sys.argv[1] == "openblas" and loaded is None:
     sys.exit("OpenBLAS not loaded (apt-get install libopenblas0-pthread)")

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from components.convert import layout_models_available  # noqa: E402
-from components.sample_corpus import (OPERATOR_NOTES, SITE_SURVEY_HTML, VENDOR_GUIDE, Section,  # noqa: E402
+from components.documents.convert import layout_models_available  # noqa: E402
+from components.documents.sample_corpus import (OPERATOR_NOTES, SITE_SURVEY_HTML, VENDOR_GUIDE, Section,  # noqa: E402
                                       docx_bytes, pdf_bytes, spec_documents)
 from runner.stage import StageContext  # noqa: E402
 

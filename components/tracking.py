@@ -69,7 +69,7 @@ def scrub_file(path: Path, secrets: set[str]) -> None:
     for s in secrets:
         new = new.replace(s, REDACTED)
     if new != text:
-        from runner.atomic import write_text
+        from components.files import write_text
 
         write_text(path, new)
 

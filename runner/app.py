@@ -13,11 +13,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from components.models import ModelUnavailable
-from components.services import ServiceUnavailable
+from components.training.models import ModelUnavailable
+from components.llm.services import ServiceUnavailable
 from components.tracking import git_commit, redact, scrub_file, secret_values
 from runner import pipeline
-from runner.atomic import write_jsonl, write_text
+from components.files import write_jsonl, write_text
 from runner.report import write_report
 from runner.stage import StageContext, StageError
 

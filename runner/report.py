@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.atomic import write_text
+from components.files import write_text
 
 
 def _load(path: Path):

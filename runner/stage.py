@@ -35,7 +35,7 @@ class StageContext:
     run_dir: Path
     cfg: DictConfig
     tracker: Any  # components.tracking.Tracker
-    hardware: Any = None  # components.hardware.Resolved
+    hardware: Any = None  # components.training.hardware.Resolved
     # Lazily built shared components (e.g. the LLM service), keyed by name.
     _cache: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], None]] = field(default_factory=list)

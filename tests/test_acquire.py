@@ -21,7 +21,7 @@ import pytest
 from docx import Document
 from omegaconf import OmegaConf
 
-from components.acquire import (
+from components.documents.acquire import (
     AcquireError,
     ThreeGPPDownloader,
     newest_of_release,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.archives import RATIO_FLOOR_BYTES, ArchiveError, safe_extract
+from components.documents.archives import RATIO_FLOOR_BYTES, ArchiveError, safe_extract
 
 TEXT = b"5.3.1 RRC connection establishment. The UE shall start timer T300 on sending the request.\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.blas import OPENBLAS_LIBS
+from components.training.blas import OPENBLAS_LIBS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def _python(code: str, *args: str) -> str:
 
 _PROBE = """
 import sys
-from components.blas import use_fast_blas, matmul_gflops
+from components.training.blas import use_fast_blas, matmul_gflops
 loaded = use_fast_blas() if sys.argv[1] == "fast" else None
 maps = open("/proc/self/maps").read()
 print(repr((loaded, "openblas" in maps, matmul_gflops(512, min_seconds=0.3))))
@@ -49,7 +49,7 @@ def test_too_late_after_mlx_import_warns():
     code = """
 import logging, mlx.core
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
-from components.blas import use_fast_blas
+from components.training.blas import use_fast_blas
 print(repr(use_fast_blas()))
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

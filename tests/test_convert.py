@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from components import convert as convert_mod
-from components.convert import DoclingConverter, layout_models_available
-from components.sample_corpus import VENDOR_GUIDE, pdf_bytes, write_sample_corpus
+from components.documents import convert as convert_mod
+from components.documents.convert import DoclingConverter, layout_models_available
+from components.documents.sample_corpus import VENDOR_GUIDE, pdf_bytes, write_sample_corpus
 from runner.stage import StageContext, StageError
 from runner.stages import convert as stage
 
@@ -173,8 +173,8 @@ def test_standard_pipeline_options_carry_the_users_choices(tmp_path, monkeypatch
 def test_tables_cut_from_the_export_equal_docling_per_table_rendering(tmp_path, corpus):
     from docling_core.transforms.serializer.markdown import MarkdownDocSerializer
 
-    from components.convert import table_markdowns
-    from components.corpus import collect
+    from components.documents.convert import table_markdowns
+    from components.documents.corpus import collect
 
     conv = DoclingConverter(formats=["docx", "md"])
     conv._ensure_built()

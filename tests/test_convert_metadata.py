@@ -5,8 +5,8 @@ import codecs
 
 import pytest
 
-from components.doc_metadata import describe, first_heading, from_cover, from_file_name, version_from_code
-from components.html_charset import decode_html, detect
+from components.documents.metadata import describe, first_heading, from_cover, from_file_name, version_from_code
+from components.documents.charset import decode_html, detect
 
 COVER = """3GPP TS 38.899 V17.0.0 (2026-03)
 

@@ -4,7 +4,7 @@ import json
 
 import jsonschema
 
-from components.extraction import (Extraction, expands, grounding, json_schema, parse,
+from components.llm.extraction import (Extraction, expands, grounding, json_schema, parse,
                                    rule_acronyms)
 
 TEXT = ("The RRC protocol (Radio Resource Control) runs between the UE and the gNB, see "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from components.blas import use_fast_blas
+from components.training.blas import use_fast_blas
 
 use_fast_blas()  # before mlx's first import in this process, or the forward passes run ~30x slower
 
@@ -15,7 +15,7 @@ import mlx.nn as nn  # noqa: E402
 import mlx_lm  # noqa: E402
 import numpy as np  # noqa: E402
 
-from components.gguf_convert import (  # noqa: E402
+from components.training.gguf import (  # noqa: E402
     GGUFConversionError,
     convert_gguf_to_mlx,
     embedded_gguf_path,

@@ -158,7 +158,7 @@ def test_shared_components_are_built_once_and_closed(tmp_path):
 
 
 def test_build_dir_swaps_in_only_a_complete_folder(tmp_path):
-    from runner.atomic import build_dir
+    from components.files import build_dir
 
     out = tmp_path / "dataset"
     with build_dir(out) as tmp:

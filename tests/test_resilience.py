@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from components.resilience import CircuitBreaker, CircuitOpen, ResilientService
-from components.services import Reply, ServiceError, ServiceUnavailable
+from components.llm.resilience import CircuitBreaker, CircuitOpen, ResilientService
+from components.llm.services import Reply, ServiceError, ServiceUnavailable
 
 
 class Flaky:

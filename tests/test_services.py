@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from components.extraction import json_schema, parse
-from components.services import (EmbeddedLlamaService, OllamaService, OpenAICompatibleService,
+from components.llm.extraction import json_schema, parse
+from components.llm.services import (EmbeddedLlamaService, OllamaService, OpenAICompatibleService,
                                  ServiceError, ServiceUnavailable)
 
 SCHEMA = json_schema()

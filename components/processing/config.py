@@ -90,7 +90,7 @@ def process_config(group: Mapping[str, Any], input_dir: str | PathLike | None = 
 
 def write_config(cfg: ProcessConfig, path: str | PathLike) -> Path:
     """Writes the config the binary reads (atomically)."""
-    from runner.atomic import write_text
+    from components.files import write_text
 
     write_text(path, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return Path(path)

@@ -46,7 +46,7 @@ def dumps(chunk: dict[str, Any]) -> str:
 
 
 def run(cfg: ProcessConfig) -> dict[str, Any]:
-    from runner.atomic import atomic_open
+    from components.files import atomic_open
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

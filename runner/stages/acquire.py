@@ -17,9 +17,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from components.acquire import AcquireError, SpecResult, ThreeGPPDownloader, spec_dir
-from components.archives import ArchiveError, safe_extract
-from runner.atomic import write_json
+from components.documents.acquire import AcquireError, SpecResult, ThreeGPPDownloader, spec_dir
+from components.documents.archives import ArchiveError, safe_extract
+from components.files import write_json
 from runner.stage import StageContext, StageError
 
 INPUTS: list[str] = []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from runner.atomic import build_dir, write_json
+from components.files import build_dir, write_json
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ CONFIG_KEYS = ["corpus", "docling"]
 def corpus_root(ctx: StageContext) -> Path:
     if ctx.cfg.corpus.path:
         return Path(str(ctx.cfg.corpus.path)).expanduser()
-    from components.sample_corpus import SAMPLE_VERSION, write_sample_corpus
+    from components.documents.sample_corpus import SAMPLE_VERSION, write_sample_corpus
 
     return write_sample_corpus(Path(ctx.cfg.cache_dir) / f"sample-corpus-{SAMPLE_VERSION}")
 
@@ -90,8 +90,8 @@ def _write_document(tmp: Path, doc_id: str, res, exports: list[str]) -> dict:
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components.convert import ConvertConfigError
-    from components.corpus import collect, doc_ids
+    from components.documents.convert import ConvertConfigError
+    from components.documents.corpus import collect, doc_ids
 
     converter = instantiate(ctx.cfg.docling)
     if converter.workers is None and getattr(ctx, "hardware", None) is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from runner.atomic import build_dir, read_jsonl, write_jsonl
+from components.files import build_dir, read_jsonl, write_jsonl
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ CONFIG_KEYS = ["dataset"]
 def examples_from(record: dict, chunk: dict | None, require_grounded: bool,
                   min_answer_chars: int) -> list[dict]:
     """(question, answer, kind) triples one chunk and its extraction support."""
-    from components.extraction import rule_acronyms
+    from components.llm.extraction import rule_acronyms
 
     out = []
     acronyms = rule_acronyms(chunk) if chunk else []

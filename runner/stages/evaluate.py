@@ -6,7 +6,7 @@ import logging
 import re
 import string
 
-from runner.atomic import read_jsonl, write_json
+from components.files import read_jsonl, write_json
 from runner.stage import StageContext
 from runner.stages.finetune import model_dir
 
@@ -35,7 +35,7 @@ def token_f1(pred: str, gold: str) -> float:
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components import lora
+    from components.training import lora
 
     cfg, lcfg = ctx.cfg.evaluate, ctx.cfg.lora
     mdir = model_dir(ctx)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from omegaconf import OmegaConf
 
-from runner.atomic import read_jsonl, write_jsonl
+from components.files import read_jsonl, write_jsonl
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def build_service(ctx: StageContext):
     """The configured service behind retries, a circuit breaker and its fallback (started)."""
     from hydra.utils import instantiate
 
-    from components.resilience import CircuitBreaker, ResilientService
+    from components.llm.resilience import CircuitBreaker, ResilientService
 
     ex = ctx.cfg.extraction
     spec = OmegaConf.to_container(ctx.cfg.service, resolve=True)
@@ -55,7 +55,7 @@ def _sha(text: str) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components import extraction as X
+    from components.llm import extraction as X
 
     ex = ctx.cfg.extraction
     chunks = read_jsonl(ctx.path("chunks.jsonl"))

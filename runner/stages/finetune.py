@@ -21,7 +21,7 @@ def model_dir(ctx: StageContext):
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components import lora
+    from components.training import lora
 
     hw = getattr(ctx, "hardware", None)
     batch = int(ctx.cfg.lora.batch_size)

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from runner.atomic import write_json
+from components.files import write_json
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.atomic import build_dir
+from components.files import build_dir
 
 log = logging.getLogger(__name__)
 
 
 def import_mlx():
     """Import mlx after pointing it at OpenBLAS (Linux), and pin it to the CPU there."""
-    from components.blas import use_fast_blas
+    from components.training.blas import use_fast_blas
 
     use_fast_blas()
     import mlx.core as mx

@@ -2,7 +2,7 @@
 
 The output holds config.json, model.safetensors (dequantized) and tokenizer files that
 `mlx_lm.load` (transformers' AutoTokenizer) accepts. Nothing here imports mlx, so converting never
-spoils `components.blas.use_fast_blas()`, which must run before mlx's first import.
+spoils `components.training.blas.use_fast_blas()`, which must run before mlx's first import.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.atomic import write_json
+from components.files import write_json
 
 # Bump when the output layout or contents change, so stale cache entries are rebuilt.
 CONVERTER_VERSION = 1
@@ -277,7 +277,7 @@ def convert_gguf_to_mlx(gguf_path: str | os.PathLike, out_dir: str | os.PathLike
 
 
 def _cache_key(path: Path, dtype: str) -> str:
-    from components.corpus import file_sha256
+    from components.documents.corpus import file_sha256
 
     return f"{path.stem}-{file_sha256(path)[:16]}-{dtype}-v{CONVERTER_VERSION}"
 

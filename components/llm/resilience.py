@@ -15,7 +15,7 @@ from typing import Any, Callable
 from tenacity import (Retrying, retry_if_exception_type, stop_after_attempt,
                       wait_exponential_jitter)
 
-from components.services import Reply, ServiceError, ServiceUnavailable
+from components.llm.services import Reply, ServiceError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from components.convert_cache import CACHE_VERSION, ConvertCache
-from components.doc_metadata import describe
+from components.documents.convert_cache import CACHE_VERSION, ConvertCache
+from components.documents.metadata import describe
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class DoclingConverter:
 
         target = path
         if ext in _FORMAT_EXT["html"]:
-            from components.html_charset import utf8_for_docling
+            from components.documents.charset import utf8_for_docling
 
             data, _ = utf8_for_docling(path.read_bytes())
             target = DocumentStream(name=path.name, stream=io.BytesIO(data))

@@ -3,7 +3,7 @@
 Three wire formats cover what users run: the embedded llama.cpp server (xllamacpp, offline),
 Ollama's native ``/api/chat``, and any OpenAI-compatible server (LM Studio, vLLM, llama-server).
 Each service is small: ``start()`` (raise ServiceUnavailable when it cannot serve),
-``chat_json()`` and ``close()``. Resilience lives in ``components.resilience``.
+``chat_json()`` and ``close()``. Resilience lives in ``components.llm.resilience``.
 """
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ class EmbeddedLlamaService:
             import xllamacpp
         except ImportError as exc:
             raise ServiceUnavailable(f"embedded: xllamacpp is not installed ({exc})") from None
-        from components.gguf_convert import embedded_gguf_path
+        from components.training.gguf import embedded_gguf_path
 
         path = self.gguf or str(embedded_gguf_path())
         if not os.path.isfile(path):

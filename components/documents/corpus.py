@@ -1,6 +1,6 @@
 """Find the documents in a corpus path: a folder, a single file or a .zip.
 
-Zips are opened here, safely (``components.archives``), because Docling skips them and 3GPP
+Zips are opened here, safely (``components.documents.archives``), because Docling skips them and 3GPP
 publishes every specification as a .docx inside a .zip. A bad archive is an error for that
 archive alone.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from components.archives import ArchiveError, safe_extract
+from components.documents.archives import ArchiveError, safe_extract
 
 
 @dataclass

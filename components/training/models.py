@@ -36,7 +36,7 @@ class BaseModel:
                                        "(no config.json)")
             return str(p)
         if self.source == "gguf":
-            from components.gguf_convert import embedded_gguf_path
+            from components.training.gguf import embedded_gguf_path
 
             g = Path(self.gguf).expanduser() if self.gguf else embedded_gguf_path()
             if not g.is_file():
@@ -62,6 +62,6 @@ class BaseModel:
         where = self.check()
         if self.path or self.source == "hf":
             return Path(where)
-        from components.gguf_convert import ensure_mlx_model
+        from components.training.gguf import ensure_mlx_model
 
         return ensure_mlx_model(Path(where), Path(cache_dir) / "models", dtype=dtype)
