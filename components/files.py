@@ -1,6 +1,9 @@
-"""Atomic writes: a reader never sees a half-written file, and a crash never destroys an old one."""
+"""File helpers shared by every layer: atomic writes (a reader never sees a half-written file, a
+crash never destroys an old one), folders built aside and published in one rename, and content
+hashes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +30,65 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         except FileNotFoundError:
             pass
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def hash_path(path: Path) -> str:
+    """Content hash of a file, or of a folder's relative names and file contents."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.relative_to(path if path.is_dir() else path.parent).as_posix().encode() + b"\0")
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _complete(final: Path, marker: str | None) -> bool:
+    if marker:
+        return (final / marker).exists()
+    return final.is_dir() and any(final.iterdir())
+
+
+@contextmanager
+def staged_dir(final: str | os.PathLike, on_exists: str = "keep", marker: str | None = None,
+               mode: int = 0o755) -> Iterator[Path]:
+    """Build a folder in a unique sibling temp folder and publish it with one rename.
+
+    Shared caches are written by concurrent runs, so the temp name is unique per writer and the
+    race is settled by ``on_exists``: ``keep`` (the first complete folder wins, later writers
+    discard their copy: right when every writer makes the same content) or ``replace`` (the
+    newest wins: right when an existing folder may be stale or damaged). ``marker``, a file that
+    only a complete folder has, tells a complete folder from a leftover.
+    """
+    if on_exists not in ("keep", "replace"):
+        raise ValueError(f"on_exists must be 'keep' or 'replace', not {on_exists!r}")
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:40]}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        tmp.chmod(mode)  # mkdtemp makes it owner-only
+        if on_exists == "keep" and _complete(final, marker):
+            return
+        if final.exists():
+            # Move the old folder aside first: rename cannot replace a non-empty folder.
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name[:40]}.", suffix=".old", dir=final.parent))
+            try:
+                os.replace(final, old / "x")
+            except FileNotFoundError:  # another writer moved it meanwhile
+                pass
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not _complete(final, marker):  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from components.files import staged_dir
 
 DEFAULT_MAX_TOTAL_BYTES = 2 << 30  # 2 GiB: a whole 3GPP release unpacks well under this per zip
 DEFAULT_MAX_FILES = 10_000
@@ -61,20 +61,23 @@ def safe_extract(
     zip_path, dest = Path(zip_path), Path(dest_dir)
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest}: extraction folder is not empty")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     budget = _Budget(max_total_bytes, max_files, max_ratio)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    # A concurrent extraction of the same archive may publish first; its files are the same.
+    with staged_dir(dest, on_exists="keep") as tmp:
         files = _extract_into(zip_path, tmp, budget, str(zip_path))
         if nested:
             files = _extract_nested(files, budget, str(zip_path))
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(dest / f.relative_to(tmp) for f in files)
+        return sorted(dest / f.relative_to(tmp) for f in files)
+
+
+def extract_cached(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, **limits) -> list[Path]:
+    """``safe_extract`` into a shared cache folder: a folder that exists is complete (it is only
+    ever published whole), so it is listed instead of extracted again, also when another run
+    publishes it while this one extracts."""
+    dest = Path(dest_dir)
+    if not dest.is_dir():
+        return safe_extract(zip_path, dest, **limits)
+    return sorted(p for p in dest.rglob("*") if p.is_file())
 
 
 def _extract_nested(files: list[Path], budget: _Budget, label: str) -> list[Path]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from components.files import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,17 @@ class ConvertCache:
             return None  # missing or damaged: convert again, and overwrite
 
     def put(self, key: str, payload: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / key
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=self.root))
         try:
-            (tmp / "document.md").write_text(payload["markdown"], encoding="utf-8")
-            exports = payload.get("exports") or {}
-            for fmt, text in exports.items():
-                (tmp / f"export{_EXPORT_EXT[fmt]}").write_text(text, encoding="utf-8")
-            rest = {k: v for k, v in payload.items() if k not in ("markdown", "exports")}
-            rest["export_formats"] = sorted(exports)
-            (tmp / "result.json").write_text(json.dumps(rest, ensure_ascii=False), encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final, ignore_errors=True)  # damaged entry (get() missed on it)
-            os.replace(tmp, final)
+            # A damaged entry (get() missed on it) is replaced; a concurrent writer's equal one too.
+            with staged_dir(self.root / key, on_exists="replace") as tmp:
+                (tmp / "document.md").write_text(payload["markdown"], encoding="utf-8")
+                exports = payload.get("exports") or {}
+                for fmt, text in exports.items():
+                    (tmp / f"export{_EXPORT_EXT[fmt]}").write_text(text, encoding="utf-8")
+                rest = {k: v for k, v in payload.items() if k not in ("markdown", "exports")}
+                rest["export_formats"] = sorted(exports)
+                (tmp / "result.json").write_text(json.dumps(rest, ensure_ascii=False), encoding="utf-8")
         except OSError as exc:
-            # Another run may have won the race to the same key, or the disk is full: the
-            # conversion itself succeeded, so only the cache entry is lost.
+            # The disk is full or the cache unwritable: the conversion itself succeeded, so
+            # only the cache entry is lost.
             log.debug("conversion cache: could not store %s: %s", key, exc)
-            shutil.rmtree(tmp, ignore_errors=True)

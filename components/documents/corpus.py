@@ -6,13 +6,13 @@ archive alone.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from components.documents.archives import ArchiveError, safe_extract
+from components.documents.archives import ArchiveError, extract_cached
+from components.files import file_sha256
 
 
 @dataclass
@@ -25,14 +25,6 @@ class Source:
 class Problem:
     name: str
     error: str
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _walk(root: Path) -> list[Path]:
@@ -59,8 +51,7 @@ def collect(path: str | Path, extensions: Iterable[str], work_dir: Path,
                 continue
             dest = work_dir / f"{f.stem}-{file_sha256(f)[:12]}"
             try:
-                inner = (sorted(p for p in dest.rglob("*") if p.is_file()) if dest.is_dir()
-                         else safe_extract(f, dest, **(limits or {})))
+                inner = extract_cached(f, dest, **(limits or {}))
             except (ArchiveError, OSError, ValueError) as exc:
                 # zipfile.BadZipFile is an Exception; catch it by name to keep the message
                 problems.append(Problem(rel, str(exc)))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from components.files import staged_dir
 
 SAMPLE_VERSION = "v1"
 
@@ -341,26 +341,13 @@ def write_sample_corpus(dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     if dest.is_dir() and any(dest.iterdir()):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staged_dir(dest, on_exists="keep") as tmp:
         for doc in spec_documents():
             (tmp / f"{doc.stem}.zip").write_bytes(_zip_bytes(f"{doc.stem}.docx", _docx_bytes(doc)))
         (tmp / "vendor-gnb-configuration-guide.pdf").write_bytes(
             _pdf_bytes("Example gNB Configuration Guide", VENDOR_GUIDE))
         (tmp / "operator-rollout-notes.md").write_text(OPERATOR_NOTES, encoding="utf-8")
         (tmp / "site-survey-procedure.html").write_text(SITE_SURVEY_HTML, encoding="utf-8")
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process won the race, or dest exists but is empty
-            if dest.is_dir() and any(dest.iterdir()):
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(dest, ignore_errors=True)
-                os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.files import write_json
+from components.files import file_sha256, staged_dir, write_json
 
 # Bump when the output layout or contents change, so stale cache entries are rebuilt.
 CONVERTER_VERSION = 1
@@ -277,8 +275,6 @@ def convert_gguf_to_mlx(gguf_path: str | os.PathLike, out_dir: str | os.PathLike
 
 
 def _cache_key(path: Path, dtype: str) -> str:
-    from components.documents.corpus import file_sha256
-
     return f"{path.stem}-{file_sha256(path)[:16]}-{dtype}-v{CONVERTER_VERSION}"
 
 
@@ -295,16 +291,6 @@ def ensure_mlx_model(gguf_path: str | os.PathLike, cache_root: str | os.PathLike
     final = root / _cache_key(path, dtype)
     if (final / "config.json").is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    try:
+    with staged_dir(final, on_exists="keep", marker="config.json") as tmp:
         convert_gguf_to_mlx(path, tmp, dtype)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

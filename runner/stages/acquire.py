@@ -7,7 +7,6 @@ re-running with a warm cache produces the same bytes and does not invalidate lat
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from components.documents.acquire import AcquireError, SpecResult, ThreeGPPDownloader, spec_dir
-from components.documents.archives import ArchiveError, safe_extract
-from components.files import write_json
+from components.documents.archives import ArchiveError, extract_cached
+from components.files import file_sha256, write_json
 from runner.stage import StageContext, StageError
 
 INPUTS: list[str] = []
@@ -91,15 +90,13 @@ def _entry(r: SpecResult, downloader: ThreeGPPDownloader, extract: DictConfig | 
     if entry["status"] == "failed":
         return entry
     zip_path = Path(r.path)
-    with open(zip_path, "rb") as fh:
-        entry["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
+    entry["sha256"] = file_sha256(zip_path)
     if extract is not None and not extract.get("enabled", True):
         return entry
     limits = {k: extract[k] for k in ("max_total_bytes", "max_files", "max_ratio") if extract is not None and k in extract}
     out_dir = downloader.dest / "extracted" / spec_dir(r.spec) / zip_path.stem
     try:
-        # The folder is renamed into place only once complete, so its presence means done.
-        docs = sorted(p for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else safe_extract(zip_path, out_dir, **limits)
+        docs = extract_cached(zip_path, out_dir, **limits)
     except ArchiveError as exc:
         entry.update(status="failed", error=str(exc))
         return entry
