@@ -34,7 +34,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from components.documents.convert import layout_models_available  # noqa: E402
 from components.documents.sample_corpus import (OPERATOR_NOTES, SITE_SURVEY_HTML, VENDOR_GUIDE, Section,  # noqa: E402
                                       docx_bytes, pdf_bytes, spec_documents)
-from runner.stage import StageContext  # noqa: E402
+from components.tracking import NullTracker  # noqa: E402
+from runner import pipeline  # noqa: E402
 
 
 def write_corpus(dest: Path, copies: int, scale: int) -> list[Path]:
@@ -84,7 +85,7 @@ def stage(corpus: Path, run_dir: Path, cache: Path, workers: int, parallel: str)
     from runner.stages import convert
 
     cfg = OmegaConf.create({
-        "cache_dir": str(cache),
+        "cache_dir": str(cache), "hw": {"convert_workers": workers},
         "corpus": OmegaConf.load(ROOT / "conf" / "corpus" / "sample.yaml"),
         "docling": OmegaConf.load(ROOT / "conf" / "docling" / "default.yaml"),
     })
@@ -94,7 +95,7 @@ def stage(corpus: Path, run_dir: Path, cache: Path, workers: int, parallel: str)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     t, c = time.perf_counter(), time.process_time()
-    metrics = convert.run(StageContext(run_dir=run_dir, cfg=cfg, tracker=None))
+    metrics = convert.run(pipeline.context("convert", run_dir, cfg, NullTracker()))
     return time.perf_counter() - t, time.process_time() - c, metrics
 
 

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
+from components.files import write_text
+
 log = logging.getLogger(__name__)
 
 REDACTED = "***redacted***"
@@ -23,6 +25,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
 
 def is_secret_key(key: str) -> bool:
@@ -69,8 +73,6 @@ def scrub_file(path: Path, secrets: set[str]) -> None:
     for s in secrets:
         new = new.replace(s, REDACTED)
     if new != text:
-        from components.files import write_text
-
         write_text(path, new)
 
 
@@ -168,4 +170,7 @@ class NullTracker:
         pass
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
         pass

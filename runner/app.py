@@ -1,4 +1,5 @@
-"""The recipe: resolve the hardware, check the model, start tracking, run the stages, report.
+"""The recipe: resolve the hardware, build every component from its group (failing early on a
+wrong key), start tracking, run the stages, report.
 
 Returns the metric a sweep optimizes (``optimized_metric``), as Hydra's sweepers expect.
 """
@@ -10,21 +11,24 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from components.training.models import ModelUnavailable
+from components.files import write_jsonl, write_text
 from components.llm.services import ServiceUnavailable
 from components.tracking import git_commit, redact, scrub_file, secret_values
+from components.training.models import ModelUnavailable
 from runner import pipeline
-from components.files import write_jsonl, write_text
+from runner.config import ConfigError, build, resolve_hardware
 from runner.report import write_report
-from runner.stage import StageContext, StageError
+from runner.stage import Resources, StageError
 
 log = logging.getLogger("runner")
 
 REPO = Path(__file__).resolve().parent.parent
-EXPENSIVE = {"extract", "dataset", "finetune", "evaluate"}
+# Every group that configures a component; each is built once up front so a wrong value fails
+# before any work.
+GROUPS = ["corpus", "acquire", "docling", "process", "service", "extraction", "dataset", "model",
+          "lora", "evaluate"]
 
 
 def _quiet_libraries() -> None:
@@ -33,29 +37,38 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run(cfg: DictConfig) -> float | None:
-    _quiet_libraries()
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+def _public_config(cfg: DictConfig, run_dir: Path) -> dict:
+    """The resolved config with secrets redacted, written to the run directory; Hydra's own copy
+    of the overrides is scrubbed too (a key passed on the command line must not stay there)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    # Hydra wrote the overrides as typed: a key passed on the command line must not stay there.
     secrets = secret_values(resolved)
     for f in (run_dir / ".hydra").glob("*.yaml"):
         scrub_file(f, secrets)
-    public_cfg = redact(resolved)
-    write_text(run_dir / "config.resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(public_cfg)))
+    public = redact(resolved)
+    write_text(run_dir / "config.resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(public)))
+    return public
 
+
+def run(cfg: DictConfig) -> float | None:
+    _quiet_libraries()
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     stages = list(cfg.stages)
-    hardware = instantiate(cfg.hardware).resolve()
     try:
-        if EXPENSIVE & set(stages) and {"finetune", "evaluate"} & set(stages):
+        hardware = resolve_hardware(cfg)
+        components = {g: build(cfg[g], g) for g in GROUPS}
+    except ConfigError as exc:
+        log.error("config: %s", exc)
+        sys.exit(2)
+    public_cfg = _public_config(cfg, run_dir)
+    try:
+        if {"finetune", "evaluate"} & set(stages):
             # Before any expensive stage: a model that cannot be had fails the run now.
-            instantiate(cfg.model).check()
+            components["model"].check()
     except ModelUnavailable as exc:
         log.error("%s", exc)
         sys.exit(2)
 
-    tracker = instantiate(cfg.tracking, root=get_original_cwd())
-    ctx = StageContext(run_dir=run_dir, cfg=cfg, tracker=tracker, hardware=hardware)
+    tracker = build(cfg.tracking, "tracking")
     tags = {"hardware.profile": hardware.name, "hardware.accelerator": hardware.accelerator,
             "hardware.memory_gb": str(hardware.memory_gb),
             "hardware.scaled_down": str(hardware.scaled).lower(),
@@ -64,16 +77,17 @@ def run(cfg: DictConfig) -> float | None:
             "git_commit": git_commit(REPO) or "unknown"}
     metrics: dict = {}
     failure: str | None = None
+    resources = Resources()
     with tracker.start(params=public_cfg, tags=tags):
         tracker.log_metrics({"hardware/" + k: v for k, v in hardware.as_dict().items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
         try:
-            metrics = pipeline.run(ctx, stages)
-        except (StageError, ServiceUnavailable, ModelUnavailable) as exc:
+            metrics = pipeline.run(run_dir, cfg, tracker, stages, resources)
+        except (StageError, ServiceUnavailable, ModelUnavailable, ConfigError) as exc:
             failure = str(exc)
             log.error("%s", exc)
         finally:
-            ctx.close()
+            resources.close()
             info = {"run directory": run_dir, "MLflow run": tracker.run_id,
                     "hardware": f"{hardware.name} ({hardware.accelerator}, "
                                 f"{hardware.memory_gb} GB{', scaled down' if hardware.scaled else ''})",
@@ -96,4 +110,3 @@ def run(cfg: DictConfig) -> float | None:
         sys.exit(1)
     value = metrics.get(cfg.optimized_metric)
     return float(value) if value is not None else None
-

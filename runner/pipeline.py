@@ -1,29 +1,29 @@
-"""Run stages in order, skipping those whose outputs are complete and whose inputs and config
-are unchanged (content hashes), and keeping every stage's final metrics in ``metrics.json``."""
+"""Run stages in order, skipping those whose outputs are complete and whose fingerprint (code,
+declared config, input hashes) is unchanged, and keeping every stage's final metrics in
+``metrics.json``."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
-from components.files import write_json
-from runner.stage import StageContext, StageError
+from components.files import hash_path, staged_dir, write_json
+from components.tracking import Tracker
+from runner.config import view
+from runner.fingerprint import fingerprint
+from runner.stage import Resources, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
 ORDER = ["acquire", "convert", "process", "extract", "dataset", "finetune", "evaluate"]
 STATE_DIR = ".state"
-# Bump when a change to a stage's code must invalidate outputs made by the old code.
-PIPELINE_VERSION = "1"
 
 
 def load_stage(name: str) -> ModuleType:
@@ -36,39 +36,19 @@ def producers() -> dict[str, str]:
     return {out: name for name in ORDER for out in load_stage(name).OUTPUTS}
 
 
-def hash_path(path: Path) -> str:
-    """Content hash of a file, or of a folder's relative names and file contents."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(f.relative_to(path if path.is_dir() else path.parent).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+def context(name: str, run_dir: Path, cfg: DictConfig, tracker: Tracker,
+            resources: Resources | None = None) -> StageContext:
+    """The context stage ``name`` runs with: its declared config keys and nothing else."""
+    return StageContext(run_dir=run_dir, cfg=view(cfg, load_stage(name).CONFIG), tracker=tracker,
+                        resources=resources or Resources())
 
 
-def fingerprint(stage: ModuleType, ctx: StageContext) -> str:
-    # The stage's own code is part of its identity: a changed stage does not reuse stale outputs.
-    code = hashlib.sha256(Path(stage.__file__).read_bytes()).hexdigest()
-    parts: dict = {"v": PIPELINE_VERSION, "stage": stage.__name__, "code": code}
-    parts["config"] = {k: OmegaConf.to_container(ctx.cfg[k], resolve=True) if k in ctx.cfg else None
-                       for k in stage.CONFIG_KEYS}
-    parts["inputs"] = {i: hash_path(ctx.path(i)) for i in stage.INPUTS}
-    parts["optional"] = {i: hash_path(ctx.path(i)) if ctx.path(i).exists() else None
-                         for i in getattr(stage, "OPTIONAL_INPUTS", [])}
-    extra = getattr(stage, "fingerprint_extra", None)
-    if extra:
-        parts["extra"] = extra(ctx)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _state_path(ctx: StageContext, name: str) -> Path:
-    return ctx.path(STATE_DIR) / f"{name}.json"
+def _state_path(run_dir: Path, name: str) -> Path:
+    return run_dir / STATE_DIR / f"{name}.json"
 
 
 def _up_to_date(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dict | None:
-    p = _state_path(ctx, name)
+    p = _state_path(ctx.run_dir, name)
     if not p.is_file():
         return None
     state = json.loads(p.read_text(encoding="utf-8"))
@@ -87,15 +67,14 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _cache_dir(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> Path | None:
-    if not ctx.cfg.get("stage_cache", False) or not getattr(stage, "STAGE_CACHE", True):
+def _cache_dir(cfg: DictConfig, stage: ModuleType, name: str, fp: str) -> Path | None:
+    if not cfg.get("stage_cache", False) or not getattr(stage, "STAGE_CACHE", True):
         return None
-    return Path(ctx.cfg.cache_dir) / "stages" / name / fp[:32]
+    return Path(cfg.cache_dir) / "stages" / name / fp[:32]
 
 
-def _from_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dict | None:
+def _from_cache(ctx: StageContext, d: Path | None, stage: ModuleType) -> dict | None:
     """Outputs another run made from the same inputs and config (sweeps share upstream work)."""
-    d = _cache_dir(ctx, stage, name, fp)
     if d is None or not (d / "metrics.json").is_file():
         return None
     for out in stage.OUTPUTS:
@@ -109,40 +88,42 @@ def _from_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str) -> dic
     return json.loads((d / "metrics.json").read_text(encoding="utf-8"))
 
 
-def _to_cache(ctx: StageContext, stage: ModuleType, name: str, fp: str, metrics: dict) -> None:
-    d = _cache_dir(ctx, stage, name, fp)
+def _to_cache(ctx: StageContext, d: Path | None, stage: ModuleType, metrics: dict) -> None:
     if d is None or d.exists():
         return
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
     try:
-        for out in stage.OUTPUTS:
-            _copy(ctx.path(out), tmp / out)
-        write_json(tmp / "metrics.json", metrics)
-        os.replace(tmp, d)
-    except OSError:  # another job stored it first, or the disk is full: the run goes on
-        shutil.rmtree(tmp, ignore_errors=True)
+        with staged_dir(d, on_exists="keep", marker="metrics.json") as tmp:
+            for out in stage.OUTPUTS:
+                _copy(ctx.path(out), tmp / out)
+            write_json(tmp / "metrics.json", metrics)
+    except OSError as exc:  # the disk is full: the run goes on without sharing
+        log.warning("stage cache: could not store %s: %s", d, exc)
 
 
-def run(ctx: StageContext, names: list[str], force: bool = False) -> dict[str, float]:
+def run(run_dir: Path, cfg: DictConfig, tracker: Tracker, names: list[str],
+        resources: Resources | None = None) -> dict[str, float]:
     """Run the named stages in pipeline order; return all metrics (this run's and earlier)."""
-    wanted = [load_stage(n) and n for n in names]
-    ordered = [n for n in ORDER if n in wanted]
-    metrics_path = ctx.path("metrics.json")
+    for n in names:
+        load_stage(n)
+    resources = resources or Resources()
+    ordered = [n for n in ORDER if n in names]
+    metrics_path = run_dir / "metrics.json"
     metrics: dict[str, float] = (json.loads(metrics_path.read_text(encoding="utf-8"))
                                  if metrics_path.is_file() else {})
     timings: dict[str, dict] = {}
     for name in ordered:
         stage = load_stage(name)
+        ctx = context(name, run_dir, cfg, tracker, resources)
         for inp in stage.INPUTS:
             if not ctx.path(inp).exists():
                 src = producers().get(inp, "?")
-                raise StageError(f"stage '{name}' needs {inp} in {ctx.run_dir}, which the "
+                raise StageError(f"stage '{name}' needs {inp} in {run_dir}, which the "
                                  f"'{src}' stage writes; run it first (e.g. stages=[{src},{name}])")
         fp = fingerprint(stage, ctx)
-        state = None if force else _up_to_date(ctx, stage, name, fp)
+        state = _up_to_date(ctx, stage, name, fp)
+        cache = _cache_dir(cfg, stage, name, fp)
         t0 = time.perf_counter()
-        cached = None if force or state is not None else _from_cache(ctx, stage, name, fp)
+        cached = None if state is not None else _from_cache(ctx, cache, stage)
         if state is not None:
             log.info("stage %s: up to date, skipped", name)
             stage_metrics = state["metrics"]
@@ -150,24 +131,24 @@ def run(ctx: StageContext, names: list[str], force: bool = False) -> dict[str, f
         elif cached is not None:
             log.info("stage %s: outputs reused from the stage cache", name)
             stage_metrics = cached
-            write_json(_state_path(ctx, name), {
+            write_json(_state_path(run_dir, name), {
                 "fingerprint": fp, "metrics": stage_metrics, "seconds": 0.0, "cached": True,
                 "outputs": {o: hash_path(ctx.path(o)) for o in stage.OUTPUTS}})
             timings[name] = {"status": "cached", "seconds": round(time.perf_counter() - t0, 3)}
         else:
             log.info("stage %s: running", name)
             # Drop the old state first: a crash mid-stage must not leave it looking complete.
-            _state_path(ctx, name).unlink(missing_ok=True)
+            _state_path(run_dir, name).unlink(missing_ok=True)
             stage_metrics = stage.run(ctx)
             seconds = time.perf_counter() - t0
-            write_json(_state_path(ctx, name), {
+            write_json(_state_path(run_dir, name), {
                 "fingerprint": fp, "metrics": stage_metrics, "seconds": round(seconds, 3),
                 "outputs": {o: hash_path(ctx.path(o)) for o in stage.OUTPUTS}})
             timings[name] = {"status": "ran", "seconds": round(seconds, 3)}
-            _to_cache(ctx, stage, name, fp, stage_metrics)
+            _to_cache(ctx, cache, stage, stage_metrics)
             log.info("stage %s: done in %.1fs", name, seconds)
-        ctx.tracker.log_metrics(stage_metrics)
+        tracker.log_metrics(stage_metrics)
         metrics.update(stage_metrics)
         write_json(metrics_path, metrics)
-    write_json(ctx.path(STATE_DIR) / "last_run.json", timings)
+    write_json(run_dir / STATE_DIR / "last_run.json", timings)
     return metrics

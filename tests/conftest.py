@@ -10,15 +10,23 @@ CONF = REPO / "conf"
 
 
 @pytest.fixture
-def compose():
-    """Compose the app's config as `python -m runner` would, with overrides."""
+def compose(tmp_path_factory):
+    """Compose the app's config as `python -m runner` would, with overrides (paths that Hydra
+    fills at run time point into a temporary folder)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from runner.config import resolve_hardware
+
     def _compose(*overrides: str):
+        defaults = {"cache_dir": str(tmp_path_factory.mktemp("cache")), "tracking.root": str(REPO)}
+        overrides = [f"{k}={v}" for k, v in defaults.items()
+                     if not any(o.startswith(f"{k}=") for o in overrides)] + list(overrides)
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides),
-                                 return_hydra_config=False)
+            cfg = hydra_compose(config_name="config", overrides=list(overrides),
+                                return_hydra_config=False)
+        resolve_hardware(cfg)  # as the recipe does: components read ${hw.*}
+        return cfg
 
     return _compose
 

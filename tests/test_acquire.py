@@ -33,6 +33,8 @@ from components.documents.acquire import (
     versions_in_index,
     zip_name,
 )
+from components.tracking import NullTracker
+from runner import pipeline
 from runner.stage import StageContext, StageError
 from runner.stages import acquire as acquire_stage
 
@@ -374,8 +376,8 @@ def stage_ctx(run_dir: Path, base_url: str, dest: Path, specs, **extra) -> Stage
     acquire = OmegaConf.load(ROOT / "conf/acquire/default.yaml")
     acquire.specs = specs
     acquire.downloader.update(base_url=base_url, dest=str(dest), retries=1, backoff_s=0.01, backoff_max_s=0.02)
-    cfg = OmegaConf.create({"acquire": acquire, **extra})
-    return StageContext(run_dir=run_dir, cfg=cfg, tracker=None)
+    cfg = OmegaConf.create({"acquire": acquire, "corpus": {"path": None}, **extra})
+    return pipeline.context("acquire", run_dir, cfg, NullTracker())
 
 
 def test_stage_config_is_valid(compose, tmp_path):
@@ -456,15 +458,12 @@ def test_stage_refused_archive_fails_only_that_spec(serve, archive_root, tmp_pat
 def test_acquired_specs_are_what_convert_converts(serve, tmp_path, compose):
     """acquire -> convert through the pipeline: the downloaded release is converted, and the
     built-in sample corpus does not stand in when the user asked for specs."""
-    from components.tracking import NullTracker
-    from runner import pipeline
-
     base, _ = serve()
     cfg = compose(f"cache_dir={tmp_path / 'cache'}", "acquire.specs=[38.331@Rel-17]",
                   f"acquire.downloader.base_url={base}", "acquire.downloader.retries=1")
     run = tmp_path / "run"
     run.mkdir()
-    m = pipeline.run(StageContext(run_dir=run, cfg=cfg, tracker=NullTracker()), ["acquire", "convert"])
+    m = pipeline.run(run, cfg, NullTracker(), ["acquire", "convert"])
     assert m["acquire/downloaded"] == 1 and m["convert/docs"] >= 1
     docs = sorted(p.name for p in (run / "documents").glob("*.md"))
     assert "38331-h21.md" in docs

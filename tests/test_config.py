@@ -39,14 +39,18 @@ def test_groups_offer_the_designed_options(group, expected):
 
 @pytest.mark.parametrize("service", ["embedded", "lmstudio", "ollama", "openai"])
 def test_every_service_instantiates_with_embedded_fallback(compose, service):
-    cfg = compose(f"service={service}")
-    spec = OmegaConf.to_container(cfg.service, resolve=True)
-    fallback = spec.pop("fallback", None)
-    svc = instantiate(spec)
+    from components.llm.resilience import ResilientService
+    from components.llm.services import EmbeddedLlamaService
+    from runner.config import build
+
+    svc = build(compose(f"service={service}", "service.resilience.retries=7").service, "service")
     assert svc.name == service
+    chain = svc.chain()  # composed from config: the fallback and the policy are live objects
+    assert isinstance(chain, ResilientService) and chain.primary is svc and chain.retries == 7
     if service != "embedded":
-        assert fallback["_target_"].endswith("EmbeddedLlamaService")
-        assert instantiate(fallback).name == "embedded"
+        assert isinstance(chain._standby, EmbeddedLlamaService) and chain._standby.name == "embedded"
+    else:
+        assert chain._standby is None
     svc.close()
 
 

@@ -11,14 +11,16 @@ from omegaconf import OmegaConf
 from components.documents import convert as convert_mod
 from components.documents.convert import DoclingConverter, layout_models_available
 from components.documents.sample_corpus import VENDOR_GUIDE, pdf_bytes, write_sample_corpus
-from runner.stage import StageContext, StageError
+from components.tracking import NullTracker
+from runner import pipeline
+from runner.stage import StageError
 from runner.stages import convert as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(cache: Path, corpus: Path, **docling):
-    cfg = OmegaConf.create({"cache_dir": str(cache),
+    cfg = OmegaConf.create({"cache_dir": str(cache), "hw": {"convert_workers": 2},
                             "corpus": OmegaConf.load(ROOT / "conf/corpus/sample.yaml"),
                             "docling": OmegaConf.load(ROOT / "conf/docling/default.yaml")})
     cfg.corpus.path = str(corpus)
@@ -29,7 +31,7 @@ def make_cfg(cache: Path, corpus: Path, **docling):
 
 def run_stage(run_dir: Path, cfg) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    return stage.run(StageContext(run_dir=run_dir, cfg=cfg, tracker=None))
+    return stage.run(pipeline.context("convert", run_dir, cfg, NullTracker()))
 
 
 def tree(root: Path) -> dict[str, bytes]:

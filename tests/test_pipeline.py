@@ -7,7 +7,7 @@ import pytest
 
 from components.tracking import NullTracker
 from runner import pipeline
-from runner.stage import StageContext, StageError
+from runner.stage import Resources, StageContext, StageError
 
 
 def chunk(doc: str, i: int) -> dict:
@@ -39,16 +39,16 @@ def ctx(tmp_path, compose):
 
 def test_missing_input_names_the_stage_that_writes_it(ctx):
     with pytest.raises(StageError, match=r"needs dataset.*'dataset' stage.*stages=\[dataset,evaluate\]"):
-        pipeline.run(ctx, ["evaluate"])
+        pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["evaluate"])
 
 
 def test_unknown_stage(ctx):
     with pytest.raises(StageError, match="unknown stage 'train'"):
-        pipeline.run(ctx, ["train"])
+        pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["train"])
 
 
 def test_stage_runs_then_skips_until_input_or_config_change(ctx, monkeypatch):
-    m1 = pipeline.run(ctx, ["dataset"])
+    m1 = pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     assert m1["dataset/documents"] == 5
     assert sum(m1[f"dataset/{s}"] for s in ("train", "valid", "test")) == 40
     before = (ctx.run_dir / "dataset" / "train.jsonl").read_bytes()
@@ -57,34 +57,34 @@ def test_stage_runs_then_skips_until_input_or_config_change(ctx, monkeypatch):
     calls = []
     real = stage.run
     monkeypatch.setattr(stage, "run", lambda c: calls.append(1) or real(c))
-    assert pipeline.run(ctx, ["dataset"]) == m1 and calls == []  # unchanged: skipped
+    assert pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"]) == m1 and calls == []  # unchanged: skipped
     assert json.loads((ctx.run_dir / ".state" / "last_run.json").read_text())["dataset"]["status"] == "skipped"
 
     ctx.cfg.dataset.seed = 7  # config change: runs again
-    pipeline.run(ctx, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     assert calls == [1]
 
     with open(ctx.run_dir / "extractions.jsonl", "a") as fh:  # input change: runs again
         fh.write(json.dumps(extraction("foxtrot", 0)) + "\n")
-    pipeline.run(ctx, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     assert calls == [1, 1]
 
     good = (ctx.run_dir / "dataset" / "train.jsonl").read_bytes()
     (ctx.run_dir / "dataset" / "train.jsonl").write_text("tampered\n")  # damaged output
-    pipeline.run(ctx, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     assert calls == [1, 1]  # restored from the stage cache, not recomputed
     assert (ctx.run_dir / "dataset" / "train.jsonl").read_bytes() == good
 
     ctx.cfg.stage_cache = False
     (ctx.run_dir / "dataset" / "train.jsonl").write_text("tampered\n")
-    pipeline.run(ctx, ["dataset"])  # without the cache: runs again
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])  # without the cache: runs again
     assert calls == [1, 1, 1]
     assert (ctx.run_dir / "dataset" / "train.jsonl").read_bytes() == good
     assert before  # the first output existed
 
 
 def test_split_is_by_document_and_holdout_has_no_train_duplicates(ctx):
-    pipeline.run(ctx, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     docs = {}
     rows = {}
     for s in ("train", "valid", "test"):
@@ -97,7 +97,7 @@ def test_split_is_by_document_and_holdout_has_no_train_duplicates(ctx):
 
 
 def test_another_run_with_the_same_inputs_reuses_the_stage_cache(ctx, monkeypatch):
-    m1 = pipeline.run(ctx, ["dataset"])
+    m1 = pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     other = ctx.run_dir.parent / "sweep-job-2"
     other.mkdir()
     for f in ("extractions.jsonl", "chunks.jsonl"):
@@ -105,7 +105,7 @@ def test_another_run_with_the_same_inputs_reuses_the_stage_cache(ctx, monkeypatc
     ctx2 = StageContext(run_dir=other, cfg=ctx.cfg, tracker=NullTracker())
     from runner.stages import dataset as stage
     monkeypatch.setattr(stage, "run", lambda c: pytest.fail("should come from the stage cache"))
-    assert pipeline.run(ctx2, ["dataset"]) == m1
+    assert pipeline.run(ctx2.run_dir, ctx2.cfg, ctx2.tracker, ["dataset"]) == m1
     for s in ("train", "valid", "test"):
         assert (other / "dataset" / f"{s}.jsonl").read_bytes() == \
             (ctx.run_dir / "dataset" / f"{s}.jsonl").read_bytes()
@@ -114,19 +114,19 @@ def test_another_run_with_the_same_inputs_reuses_the_stage_cache(ctx, monkeypatc
     ctx2.cfg.stage_cache = False  # off: the stage really runs
     (other / ".state" / "dataset.json").unlink()
     with pytest.raises(pytest.fail.Exception):
-        pipeline.run(ctx2, ["dataset"])
+        pipeline.run(ctx2.run_dir, ctx2.cfg, ctx2.tracker, ["dataset"])
 
 
 def test_metrics_json_keeps_earlier_stages(ctx):
     (ctx.run_dir / "metrics.json").write_text(json.dumps({"convert/docs": 5}))
-    m = pipeline.run(ctx, ["dataset"])
+    m = pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     saved = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert saved["convert/docs"] == 5 and saved["dataset/documents"] == m["dataset/documents"]
     assert all(isinstance(v, (int, float)) for v in saved.values())
 
 
 def test_a_failing_stage_leaves_no_completed_state(ctx, monkeypatch):
-    pipeline.run(ctx, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     from runner.stages import dataset as stage
 
     def boom(c):
@@ -134,7 +134,7 @@ def test_a_failing_stage_leaves_no_completed_state(ctx, monkeypatch):
     monkeypatch.setattr(stage, "run", boom)
     ctx.cfg.dataset.seed = 99
     with pytest.raises(RuntimeError):
-        pipeline.run(ctx, ["dataset"])
+        pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     assert not (ctx.run_dir / ".state" / "dataset.json").exists()
     assert (ctx.run_dir / "dataset" / "train.jsonl").exists()  # earlier output is not lost
 
@@ -146,14 +146,14 @@ def test_shared_components_are_built_once_and_closed(tmp_path):
         def close(self):
             Server.closed += 1
 
-    ctx = StageContext(run_dir=tmp_path, cfg=None, tracker=NullTracker())
+    res = Resources()
     built = []
-    a = ctx.shared("llm", lambda: built.append(1) or Server())
-    assert ctx.shared("llm", lambda: built.append(1) or Server()) is a and built == [1]
-    ctx.release("llm")
+    a = res.shared("llm", lambda: built.append(1) or Server())
+    assert res.shared("llm", lambda: built.append(1) or Server()) is a and built == [1]
+    res.release("llm")
     assert Server.closed == 1
-    ctx.shared("other", Server)
-    ctx.close()
+    res.shared("other", Server)
+    res.close()
     assert Server.closed == 2  # released ones are not closed twice
 
 

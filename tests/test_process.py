@@ -17,10 +17,13 @@ from components.processing.chunking import chunk
 from components.processing.config import ChunkConfig, NormalizeConfig
 from components.processing.normalize import normalize
 from components.processing.signals import signals
+from components.tracking import NullTracker
+from runner import pipeline
 from runner.stage import StageContext, StageError
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "process" / "default.yaml"))
+GROUP = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "process" / "default.yaml"))
+DEFAULTS = {k: v for k, v in GROUP.items() if k != "_target_"}  # the engines' config
 NORM = NormalizeConfig(nfc=True, strip_page_furniture=True, strip_toc=True)
 
 # Invented 3GPP-style text (no specification text).
@@ -92,8 +95,9 @@ def test_defaults_validate_and_round_trip(tmp_path):
 
 
 def test_composed_hydra_config_validates(tmp_path, compose):
-    cfg = compose()
-    validated = process_config(OmegaConf.to_container(cfg.process, resolve=True), tmp_path, tmp_path / "c.jsonl")
+    from runner.config import build
+
+    validated = build(compose().process, "process")
     assert validated.engine in ("auto", "rust", "python")
 
 
@@ -250,8 +254,8 @@ def test_invalid_utf8_document_is_reported_not_fatal(tmp_path, engine, request):
 
 
 def make_ctx(tmp_path: Path, **process) -> StageContext:
-    group = {**DEFAULTS, **process}
-    return StageContext(run_dir=tmp_path, cfg=OmegaConf.create({"process": group}), tracker=None)
+    group = {**GROUP, **process}
+    return pipeline.context("process", tmp_path, OmegaConf.create({"process": group}), NullTracker())
 
 
 @pytest.mark.parametrize("engine", ["python", "rust"])
@@ -265,7 +269,7 @@ def test_stage_writes_chunks_result_and_metrics(tmp_path, engine, request):
     write_docs(tmp_path, {"38999_r17.md": SPEC_DOC, "38999_r18.md": release18})
     metrics = stage.run(make_ctx(tmp_path, engine=engine))
 
-    assert stage.INPUTS == ["documents"] and stage.OUTPUTS == ["chunks.jsonl"] and stage.CONFIG_KEYS == ["process"]
+    assert stage.INPUTS == ["documents"] and stage.OUTPUTS == ["chunks.jsonl"] and stage.CONFIG == ["process"]
     rows = [json.loads(line) for line in (tmp_path / "chunks.jsonl").read_text().splitlines()]
     assert rows and all({"id", "doc_id", "heading", "section_path", "text", "complexity", "start", "end"} <= r.keys()
                         for r in rows)

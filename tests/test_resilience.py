@@ -56,7 +56,7 @@ def test_retries_are_bounded():
 
 def test_unreachable_primary_falls_back_loudly_at_start(caplog):
     p, fb = Flaky(unavailable_on_start=True), Flaky(name="embedded")
-    svc = ResilientService(p, fallback_factory=lambda: fb, **fast())
+    svc = ResilientService(p, fallback=fb, **fast())
     with caplog.at_level(logging.WARNING):
         svc.start()
     assert svc.used is fb and svc.name == "embedded" and fb.started == 1
@@ -74,7 +74,7 @@ def test_unreachable_primary_without_fallback_raises():
 
 def test_breaker_opens_after_consecutive_failures_and_fallback_takes_over():
     p, fb = Flaky(fail=10**6), Flaky(name="embedded")
-    svc = ResilientService(p, fallback_factory=lambda: fb,
+    svc = ResilientService(p, fallback=fb,
                            breaker=CircuitBreaker(failures=2, reset_s=60), **fast())
     for _ in range(2):
         with pytest.raises(ServiceError):

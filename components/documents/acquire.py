@@ -20,7 +20,10 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from pydantic import ConfigDict, Field, field_validator
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from components.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -365,3 +368,29 @@ def _range_total(r: httpx.Response, offset: int) -> int | None:
     if m.group(3) != "*":
         return int(m.group(3))
     return offset + int(m.group(2)) - int(m.group(1)) + 1
+
+
+class ArchiveLimits(Settings):
+    """Limits on unpacking one downloaded archive (zip bombs)."""
+
+    enabled: bool = True
+    max_total_bytes: int = Field(2 * 2**30, ge=1)
+    max_files: int = Field(10000, ge=1)
+    max_ratio: float = Field(200, gt=1)
+
+
+class AcquireConfig(Settings):
+    """``acquire`` group: which specs to fetch, the downloader, and the unpacking limits."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    specs: list[str | dict[str, Any]] = []
+    downloader: ThreeGPPDownloader
+    extract: ArchiveLimits = ArchiveLimits()
+
+    @field_validator("specs", mode="before")
+    @classmethod
+    def _spec_numbers(cls, specs: Any) -> Any:
+        # YAML reads an unquoted 38.330 as the float 38.33; spec numbers always have three decimals.
+        return [{**s, "spec": f"{s['spec']:.3f}"} if isinstance(s, dict) and isinstance(s.get("spec"), float)
+                else s for s in (specs or [])]

@@ -14,6 +14,8 @@ from typing import Iterable
 from components.documents.archives import ArchiveError, extract_cached
 from components.files import file_sha256
 
+from components.settings import Settings
+
 
 @dataclass
 class Source:
@@ -83,3 +85,10 @@ def doc_ids(sources: list[Source]) -> list[str]:
         seen[base] = n + 1
         out.append(base if n == 0 else f"{base}-{n + 1}")
     return out
+
+
+class CorpusConfig(Settings):
+    """``corpus`` group: where the documents are. ``path`` None = the built-in sample corpus."""
+
+    path: str | None = None
+    extensions: list[str] = [".docx", ".pdf", ".md", ".markdown", ".html", ".htm", ".zip"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import json_repair
 from pydantic import BaseModel, Field, ValidationError
+from components.settings import Settings
 
 SPEC_REF = re.compile(r"\b(?:3GPP\s+)?(TS|TR)\s+(\d{2}\.\d{3})(?:-\d+)?\b")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
@@ -175,3 +176,14 @@ def rule_acronyms(chunk: dict) -> list[dict]:
             seen.add(acr)
             out.append({"acronym": acr, "expansion": exp})
     return out
+
+
+class ExtractionConfig(Settings):
+    """``extraction`` group: what is asked of the model per chunk, and how hard to push."""
+
+    concurrency: int = Field(2, ge=1)
+    max_tokens: int = Field(256, ge=16)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_chunks: int | None = Field(None, ge=1)
+    max_acronyms: int = Field(4, ge=0)
+    max_spec_refs: int = Field(4, ge=0)

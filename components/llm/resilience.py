@@ -15,7 +15,10 @@ from typing import Any, Callable
 from tenacity import (Retrying, retry_if_exception_type, stop_after_attempt,
                       wait_exponential_jitter)
 
+from pydantic import Field
+
 from components.llm.services import Reply, ServiceError, ServiceUnavailable
+from components.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,31 @@ class CircuitBreaker:
                 self._opened_at = self.clock()
 
 
-class ResilientService:
-    """Wraps a primary service; ``used`` says which one actually served."""
+class Resilience(Settings):
+    """``service.resilience``: retries with backoff and a circuit breaker around a service."""
 
-    def __init__(self, primary: Any, fallback_factory: Callable[[], Any] | None = None,
+    retries: int = Field(3, ge=1)
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(8.0, ge=0)
+    breaker_failures: int = Field(5, ge=1)  # consecutive failures that open the circuit
+    breaker_reset_s: float = Field(30.0, ge=0)
+
+    def wrap(self, primary: Any, fallback: Any = None) -> "ResilientService":
+        return ResilientService(primary, fallback, retries=self.retries,
+                                backoff_initial_s=self.backoff_initial_s,
+                                backoff_max_s=self.backoff_max_s,
+                                breaker=CircuitBreaker(self.breaker_failures, self.breaker_reset_s))
+
+
+class ResilientService:
+    """Wraps a primary service; ``used`` says which one actually served. The fallback is built
+    from config but started only when the primary fails."""
+
+    def __init__(self, primary: Any, fallback: Any = None,
                  retries: int = 3, backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
                  breaker: CircuitBreaker | None = None) -> None:
         self.primary = primary
-        self._fallback_factory = fallback_factory
+        self._standby = fallback
         self.fallback: Any = None
         self.retries = max(1, retries)
         self.backoff_initial_s = backoff_initial_s
@@ -95,9 +115,9 @@ class ResilientService:
         with self._lock:
             if self.fallback is not None:
                 return
-            if self._fallback_factory is None:
+            if self._standby is None:
                 raise ServiceUnavailable(f"{reason} (no fallback configured)")
-            fb = self._fallback_factory()
+            fb = self._standby
             log.warning("=" * 72)
             log.warning("SERVICE FALLBACK: %s", reason)
             log.warning("Using fallback service '%s' instead of '%s' for the rest of this run.",
@@ -110,7 +130,7 @@ class ResilientService:
     def chat_json(self, messages: list[dict], schema: dict, max_tokens: int,
                   temperature: float = 0.0) -> Reply:
         if self.fallback is None and not self.breaker.allow():
-            if self._fallback_factory is not None:
+            if self._standby is not None:
                 self._switch(f"circuit open after {self.breaker.max_failures} consecutive "
                              f"failures of '{getattr(self.primary, 'name', '?')}'")
             else:

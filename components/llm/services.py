@@ -46,18 +46,34 @@ class LLMService(Protocol):
     def close(self) -> None: ...
 
 
-class OpenAICompatibleService:
+class ChatService:
+    """What the ``service`` group builds: one server's client, plus the fallback and resilience
+    policy that config composes around it (``chain``)."""
+
+    name: str
+    fallback: "ChatService | None" = None
+    resilience: Any = None
+
+    def chain(self):
+        """This service behind retries, its circuit breaker and its fallback."""
+        from components.llm.resilience import Resilience
+
+        return (self.resilience or Resilience()).wrap(self, self.fallback)
+
+
+class OpenAICompatibleService(ChatService):
     """OpenAI ``/v1/chat/completions`` with ``response_format: json_schema``."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
-                 timeout_s: float = 120.0, name: str = "openai", fallback: Any = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 timeout_s: float = 120.0, name: str = "openai", fallback: ChatService | None = None,
+                 resilience: Any = None, transport: httpx.BaseTransport | None = None) -> None:
         self.name = name
+        self.resilience = resilience
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._api_key = api_key
         self.timeout_s = timeout_s
-        self.fallback = fallback  # a config node; the resilience layer builds it when needed
+        self.fallback = fallback
         self._transport = transport
         self._client = None
 
@@ -109,13 +125,15 @@ class OpenAICompatibleService:
             self._client = None
 
 
-class OllamaService:
+class OllamaService(ChatService):
     """Ollama's native API: ``POST /api/chat`` with the JSON schema in ``format``."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:11434", model: str = "qwen3:1.7b",
                  timeout_s: float = 120.0, keep_alive: str | None = "5m", name: str = "ollama",
-                 fallback: Any = None, transport: httpx.BaseTransport | None = None) -> None:
+                 fallback: ChatService | None = None, resilience: Any = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.name = name
+        self.resilience = resilience
         if "://" not in base_url:  # OLLAMA_HOST is often "host:port"
             base_url = f"http://{base_url}"
         self.base_url = base_url.rstrip("/")
@@ -168,13 +186,16 @@ class OllamaService:
         self._http.close()
 
 
-class EmbeddedLlamaService:
+class EmbeddedLlamaService(ChatService):
     """A real llama.cpp server (xllamacpp) in this process, on a free loopback port."""
 
     def __init__(self, gguf: str | None = None, model_alias: str = "embedded", n_ctx: int = 4096,
                  n_parallel: int = 2, threads: int | None = None, timeout_s: float = 120.0,
-                 name: str = "embedded", fallback: Any = None) -> None:
+                 name: str = "embedded", fallback: ChatService | None = None,
+                 resilience: Any = None) -> None:
         self.name = name
+        self.fallback = fallback
+        self.resilience = resilience
         self.gguf = gguf
         self.model = model_alias
         self.n_ctx = n_ctx

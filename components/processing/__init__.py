@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from components.processing import rust, twin
-from components.processing.config import ProcessConfig, load_config, process_config, write_config
+from components.processing.config import ProcessConfig, process_config, write_config
 from components.processing.errors import ProcessingError
 
-__all__ = ["ProcessConfig", "ProcessingError", "load_config", "process_config", "resolve_engine",
+__all__ = ["ProcessConfig", "ProcessingError", "process_config", "resolve_engine", "settings",
            "run_processing", "write_config"]
 
 
@@ -27,3 +27,9 @@ def run_processing(cfg: ProcessConfig, config_path: str | Path) -> dict[str, Any
     if resolve_engine(cfg.engine) == "rust":
         return rust.run(Path(config_path), cfg.timeout_s)
     return twin.run(cfg)
+
+
+def settings(**group: Any) -> ProcessConfig:
+    """The ``process`` group, validated before any work; the stage adds the run's paths."""
+    return process_config({**group, "input_dir": "", "output_path": ""},
+                          source="conf/process (the `process` config group)")

@@ -94,13 +94,3 @@ def write_config(cfg: ProcessConfig, path: str | PathLike) -> Path:
 
     write_text(path, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return Path(path)
-
-
-def load_config(path: str | PathLike) -> ProcessConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProcessingError("config", f"cannot read config: {exc}", str(path)) from exc
-    if not isinstance(raw, dict):
-        raise ProcessingError("config", "config must be a mapping", str(path))
-    return process_config(raw, source=str(path))

@@ -12,11 +12,32 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from pydantic import Field
 
 from components.files import build_dir
+from components.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class LoraConfig(Settings):
+    """``lora`` group: mlx-lm LoRA hyperparameters."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    num_layers: int = Field(8, ge=1)
+    iters: int = Field(30, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    max_seq_length: int = Field(512, ge=16)
+    steps_per_report: int = Field(5, ge=1)
+    steps_per_eval: int = Field(15, ge=1)
+    val_batches: int = -1
+    mask_prompt: bool = True
+    seed: int = 0
 
 
 def import_mlx():
@@ -74,7 +95,7 @@ class _Reporter:
         self.log_metrics(m, int(info["iteration"]))
 
 
-def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: Any, batch_size: int,
+def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig,
           log_metrics: Callable[[dict, int], None]) -> dict[str, float]:
     """Train LoRA adapters into ``out_dir`` (replaced atomically); return final metrics."""
     mx = import_mlx()
@@ -82,27 +103,27 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: Any, batch_size:
     from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.tuner.trainer import TrainingArgs
     from mlx_lm.tuner.trainer import train as mlx_train
+    from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     model, tokenizer = load(model_dir)
     train_set = dataset(data_dir / "train.jsonl", tokenizer, lora.mask_prompt)
     valid_set = dataset(data_dir / "valid.jsonl", tokenizer, lora.mask_prompt)
-    batch_size = max(1, min(batch_size, len(train_set), len(valid_set)))
+    batch_size = max(1, min(lora.batch_size, len(train_set), len(valid_set)))
 
-    mx.random.seed(int(lora.seed))
+    mx.random.seed(lora.seed)
     model.freeze()
-    num_layers = min(int(lora.num_layers), len(model.layers))
-    params = {"rank": int(lora.rank), "scale": float(lora.alpha) / float(lora.rank),
-              "dropout": float(lora.dropout)}
+    num_layers = min(lora.num_layers, len(model.layers))
+    params = {"rank": lora.rank, "scale": lora.alpha / lora.rank, "dropout": lora.dropout}
     linear_to_lora_layers(model, num_layers, params)
-    trainable = sum(v.size for _, v in _flat(model.trainable_parameters()))
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
     with build_dir(out_dir) as tmp:
-        args = TrainingArgs(batch_size=batch_size, iters=int(lora.iters),
-                            val_batches=int(lora.val_batches), steps_per_report=int(lora.steps_per_report),
-                            steps_per_eval=int(lora.steps_per_eval), steps_per_save=10**9,
+        args = TrainingArgs(batch_size=batch_size, iters=lora.iters,
+                            val_batches=lora.val_batches, steps_per_report=lora.steps_per_report,
+                            steps_per_eval=lora.steps_per_eval, steps_per_save=10**9,
                             adapter_file=str(tmp / "adapters.safetensors"),
-                            max_seq_length=int(lora.max_seq_length))
+                            max_seq_length=lora.max_seq_length)
         reporter = _Reporter(log_metrics)
 
         class Callback(TrainingCallback):
@@ -110,25 +131,19 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: Any, batch_size:
             on_val_loss_report = reporter.on_val_loss_report
 
         t0 = time.perf_counter()
-        mlx_train(model=model, optimizer=optim.Adam(learning_rate=float(lora.learning_rate)),
+        mlx_train(model=model, optimizer=optim.Adam(learning_rate=lora.learning_rate),
                   train_dataset=train_set, val_dataset=valid_set, args=args,
                   training_callback=Callback())
         seconds = time.perf_counter() - t0
         # What mlx_lm.load(adapter_path=...) needs to rebuild the LoRA layers.
         (tmp / "adapter_config.json").write_text(json.dumps({
             "fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params,
-            "model": str(model_dir), "batch_size": batch_size, "iters": int(lora.iters),
-            "learning_rate": float(lora.learning_rate)}, indent=2))
+            "model": str(model_dir), "batch_size": batch_size, "iters": lora.iters,
+            "learning_rate": lora.learning_rate}, indent=2))
     return {"finetune/seconds": round(seconds, 2), "finetune/trainable_params": float(trainable),
             "finetune/batch_size": float(batch_size), "finetune/iters": float(lora.iters),
             **{f"{k}_final" if k.endswith("loss") else k: round(v, 5)
                for k, v in reporter.last.items()}}
-
-
-def _flat(tree, prefix=""):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(tree)
 
 
 def generate_answers(model, tokenizer, conversations: list[list[dict]], max_tokens: int) -> list[str]:

@@ -18,7 +18,7 @@ class ModelUnavailable(RuntimeError):
 
 class BaseModel:
     def __init__(self, name: str, source: str = "hf", hf_repo: str | None = None,
-                 gguf: str | None = None, path: str | None = None) -> None:
+                 gguf: str | None = None, path: str | None = None, dtype: str = "float32") -> None:
         if source not in ("hf", "gguf"):
             raise ValueError(f"model '{name}': source must be 'hf' or 'gguf', not {source!r}")
         self.name = name
@@ -26,6 +26,7 @@ class BaseModel:
         self.hf_repo = hf_repo
         self.gguf = gguf
         self.path = path
+        self.dtype = dtype  # of the weights converted from a GGUF
 
     def check(self) -> str:
         """Raise ModelUnavailable unless the model can be had offline; say where it comes from."""
@@ -57,11 +58,11 @@ class BaseModel:
                 f"(or set model.path to a local mlx-lm model directory; for gated models run "
                 f"`hf auth login` first)") from None
 
-    def local_dir(self, cache_dir: str | os.PathLike, dtype: str = "float32") -> Path:
+    def local_dir(self, cache_dir: str | os.PathLike) -> Path:
         """An mlx-lm loadable directory (converting the GGUF once, cached)."""
         where = self.check()
         if self.path or self.source == "hf":
             return Path(where)
         from components.training.gguf import ensure_mlx_model
 
-        return ensure_mlx_model(Path(where), Path(cache_dir) / "models", dtype=dtype)
+        return ensure_mlx_model(Path(where), Path(cache_dir) / "models", dtype=self.dtype)

@@ -13,17 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
-from components.documents.acquire import AcquireError, SpecResult, ThreeGPPDownloader, spec_dir
+from components.documents.acquire import (AcquireConfig, AcquireError, ArchiveLimits, SpecResult,
+                                         ThreeGPPDownloader, spec_dir)
 from components.documents.archives import ArchiveError, extract_cached
 from components.files import file_sha256, write_json
+from runner.config import build
 from runner.stage import StageContext, StageError
 
 INPUTS: list[str] = []
 OUTPUTS = ["acquired.json"]
-CONFIG_KEYS = ["acquire"]
+CONFIG = ["acquire", "corpus.path"]
 # Downloads have their own cache; a failure (offline today) must not be replayed to other runs.
 STAGE_CACHE = False
 
@@ -41,23 +40,23 @@ def fingerprint_extra(ctx: StageContext) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    cfg = ctx.cfg.acquire
-    specs = _plain(cfg.get("specs") or [])
+    cfg: AcquireConfig = build(ctx.cfg.acquire, "acquire")
+    specs = cfg.specs
     metrics = {"acquire/downloaded": 0.0, "acquire/cached": 0.0, "acquire/failed": 0.0, "acquire/bytes": 0.0}
     if not specs:
         write_json(ctx.path("acquired.json"), {"specs": [], "documents": []})
         return metrics
 
-    downloader: ThreeGPPDownloader = instantiate(cfg.downloader)
+    downloader = cfg.downloader
     try:
         results = downloader.download(specs)
     except AcquireError as exc:
-        if not OmegaConf.select(ctx.cfg, "corpus.path"):
+        if not ctx.cfg.corpus.path:
             raise StageError(str(exc)) from exc
         log.warning("%s; continuing with corpus.path only", exc)
         results = exc.results
 
-    entries = [_entry(r, downloader, cfg.get("extract")) for r in results]
+    entries = [_entry(r, downloader, cfg.extract) for r in results]
     for r, e in zip(results, entries):
         key = r.status if e["status"] == "ok" else "failed"
         metrics[f"acquire/{key}"] += 1
@@ -71,18 +70,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def _plain(specs: Any) -> list[Any]:
-    items = OmegaConf.to_container(specs, resolve=True) if OmegaConf.is_config(specs) else specs
-    out = []
-    for item in items:
-        # YAML reads an unquoted 38.330 as the float 38.33; spec numbers always have three decimals.
-        if isinstance(item, dict) and isinstance(item.get("spec"), float):
-            item = {**item, "spec": f"{item['spec']:.3f}"}
-        out.append(item)
-    return out
-
-
-def _entry(r: SpecResult, downloader: ThreeGPPDownloader, extract: DictConfig | None) -> dict[str, Any]:
+def _entry(r: SpecResult, downloader: ThreeGPPDownloader, extract: ArchiveLimits) -> dict[str, Any]:
     entry = {
         "request": r.request, "spec": r.spec, "version": r.version, "url": r.url, "zip": r.path,
         "status": "failed" if r.status == "failed" else "ok", "error": r.error, "sha256": None, "documents": [],
@@ -91,9 +79,9 @@ def _entry(r: SpecResult, downloader: ThreeGPPDownloader, extract: DictConfig | 
         return entry
     zip_path = Path(r.path)
     entry["sha256"] = file_sha256(zip_path)
-    if extract is not None and not extract.get("enabled", True):
+    if not extract.enabled:
         return entry
-    limits = {k: extract[k] for k in ("max_total_bytes", "max_files", "max_ratio") if extract is not None and k in extract}
+    limits = extract.model_dump(exclude={"enabled"})
     out_dir = downloader.dest / "extracted" / spec_dir(r.spec) / zip_path.stem
     try:
         docs = extract_cached(zip_path, out_dir, **limits)

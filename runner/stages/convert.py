@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
-
 from components.files import build_dir, write_json
+from runner.config import build
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -28,12 +27,12 @@ log = logging.getLogger(__name__)
 INPUTS: list[str] = []
 OPTIONAL_INPUTS = ["acquired.json"]
 OUTPUTS = ["documents"]
-CONFIG_KEYS = ["corpus", "docling"]
+CONFIG = ["corpus", "docling", "cache_dir"]
 
 
 def corpus_root(ctx: StageContext) -> Path:
     if ctx.cfg.corpus.path:
-        return Path(str(ctx.cfg.corpus.path)).expanduser()
+        return Path(ctx.cfg.corpus.path).expanduser()
     from components.documents.sample_corpus import SAMPLE_VERSION, write_sample_corpus
 
     return write_sample_corpus(Path(ctx.cfg.cache_dir) / f"sample-corpus-{SAMPLE_VERSION}")
@@ -93,10 +92,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     from components.documents.convert import ConvertConfigError
     from components.documents.corpus import collect, doc_ids
 
-    converter = instantiate(ctx.cfg.docling)
-    if converter.workers is None and getattr(ctx, "hardware", None) is not None:
-        converter.workers = ctx.hardware.convert_workers
-    exts = set(ctx.cfg.corpus.extensions)
+    converter = build(ctx.cfg.docling, "docling")
+    exts = set(build(ctx.cfg.corpus, "corpus").extensions)
     sources, problems = [], []
     roots = _inputs(ctx)
     for root in roots:

@@ -3,42 +3,23 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import string
 
 from components.files import read_jsonl, write_json
 from runner.stage import StageContext
-from runner.stages.finetune import model_dir
+from runner.config import build
 
 log = logging.getLogger(__name__)
 
 INPUTS = ["dataset", "adapters"]
 OUTPUTS = ["eval.json"]
-CONFIG_KEYS = ["model", "lora", "evaluate"]
-
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize(s: str) -> str:
-    return " ".join(_PUNCT.sub(" ", s.lower()).split())
-
-
-def token_f1(pred: str, gold: str) -> float:
-    p, g = normalize(pred).split(), normalize(gold).split()
-    if not p or not g:
-        return float(p == g)
-    common = sum(min(p.count(w), g.count(w)) for w in set(p))
-    if common == 0:
-        return 0.0
-    prec, rec = common / len(p), common / len(g)
-    return 2 * prec * rec / (prec + rec)
-
+CONFIG = ["model", "lora", "evaluate", "cache_dir"]
 
 def run(ctx: StageContext) -> dict[str, float]:
     from components.training import lora
+    from components.training.evaluation import normalize, token_f1
 
-    cfg, lcfg = ctx.cfg.evaluate, ctx.cfg.lora
-    mdir = model_dir(ctx)
+    cfg, lcfg = build(ctx.cfg.evaluate, "evaluate"), build(ctx.cfg.lora, "lora")
+    mdir = build(ctx.cfg.model, "model").local_dir(ctx.cfg.cache_dir)
     adapters = ctx.path("adapters")
     data = ctx.path("dataset")
     batch = json.loads((adapters / "adapter_config.json").read_text())["batch_size"]
@@ -51,8 +32,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     valid = lora.dataset(data / "valid.jsonl", tok, lcfg.mask_prompt)
     after = lora.loss(model, valid, batch, lcfg.max_seq_length)
 
-    test = read_jsonl(data / "test.jsonl")[: int(cfg.max_examples)]
-    answers = lora.generate_answers(model, tok, [r["messages"] for r in test], int(cfg.max_tokens))
+    test = read_jsonl(data / "test.jsonl")[: cfg.max_examples]
+    answers = lora.generate_answers(model, tok, [r["messages"] for r in test], cfg.max_tokens)
     rows = []
     for r, pred in zip(test, answers):
         gold = r["messages"][-1]["content"]

@@ -14,38 +14,23 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from components.files import read_jsonl, write_jsonl
+from runner.config import build
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
 
 INPUTS = ["chunks.jsonl"]
 OUTPUTS = ["extractions.jsonl"]
-CONFIG_KEYS = ["service", "extraction"]
+CONFIG = ["service", "extraction"]
 PARTIAL = "extractions.partial.jsonl"
 
 
-def build_service(ctx: StageContext):
-    """The configured service behind retries, a circuit breaker and its fallback (started)."""
-    from hydra.utils import instantiate
-
-    from components.llm.resilience import CircuitBreaker, ResilientService
-
-    ex = ctx.cfg.extraction
-    spec = OmegaConf.to_container(ctx.cfg.service, resolve=True)
-    fallback = spec.pop("fallback", None)
-    hw = getattr(ctx, "hardware", None)
-    for s in (spec, fallback):
-        if s and "threads" in s and s["threads"] is None and hw is not None:
-            s["threads"] = hw.cpu_threads
-    svc = ResilientService(
-        instantiate(spec),
-        fallback_factory=(lambda: instantiate(fallback)) if fallback else None,
-        retries=ex.retries, backoff_initial_s=ex.backoff_initial_s,
-        backoff_max_s=ex.backoff_max_s,
-        breaker=CircuitBreaker(ex.breaker_failures, ex.breaker_reset_s))
+def start_service(service: DictConfig):
+    """The configured service behind its retries, circuit breaker and fallback, started."""
+    svc = build(service, "service").chain()
     svc.start()
     return svc
 
@@ -57,10 +42,10 @@ def _sha(text: str) -> str:
 def run(ctx: StageContext) -> dict[str, float]:
     from components.llm import extraction as X
 
-    ex = ctx.cfg.extraction
+    ex = build(ctx.cfg.extraction, "extraction")
     chunks = read_jsonl(ctx.path("chunks.jsonl"))
     if ex.max_chunks:
-        chunks = chunks[: int(ex.max_chunks)]
+        chunks = chunks[: ex.max_chunks]
     if not chunks:
         raise StageError("extract: chunks.jsonl is empty; nothing to extract (see the process stage)")
     schema = X.json_schema(ex.max_acronyms, ex.max_spec_refs)
@@ -88,23 +73,19 @@ def run(ctx: StageContext) -> dict[str, float]:
     t0 = time.perf_counter()
     svc = None
     if todo:
-        svc = ctx.shared("llm", lambda: build_service(ctx))
+        svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service))
         info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
                 "service.fallback": str(svc.fallback is not None).lower()}
         if svc.fallback_reason:
             info["service.fallback_reason"] = svc.fallback_reason[:500]
-        if hasattr(ctx.tracker, "set_tags"):
-            ctx.tracker.set_tags(info)
-    hw = getattr(ctx, "hardware", None)
-    concurrency = int(ex.concurrency or (hw.extract_concurrency if hw else 2))
+        ctx.tracker.set_tags(info)
     lock = threading.Lock()
 
     def one(chunk: dict) -> dict:
         rec = {"chunk_id": chunk["id"], "doc_id": chunk["doc_id"], "chunk_sha": _sha(chunk["text"]),
                "request_key": request_key}
         try:
-            reply = svc.chat_json(X.messages_for(chunk), schema, int(ex.max_tokens),
-                                  float(ex.temperature))
+            reply = svc.chat_json(X.messages_for(chunk), schema, ex.max_tokens, ex.temperature)
         except Exception as exc:  # after retries/fallback: record and go on
             rec.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500],
                        service=svc.name)
@@ -121,7 +102,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         return rec
 
     with open(partial, "a", encoding="utf-8") as out, \
-            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            ThreadPoolExecutor(max_workers=ex.concurrency) as pool:
         futures = [pool.submit(one, c) for c in todo]
         for i, fut in enumerate(as_completed(futures), 1):
             rec = fut.result()
@@ -135,7 +116,7 @@ def run(ctx: StageContext) -> dict[str, float]:
                 log.info("extract: %d/%d chunks", i, len(todo))
     seconds = time.perf_counter() - t0
     # Free the server's threads and memory before training starts.
-    ctx.release("llm")
+    ctx.resources.release("llm")
 
     records = [done[c["id"]] for c in chunks if c["id"] in done]
     errors = [r for r in records if r["status"] == "error"]

@@ -11,26 +11,24 @@ import logging
 import time
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from components.files import write_json
+from runner.config import build
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
 
 INPUTS = ["documents"]
 OUTPUTS = ["chunks.jsonl"]
-CONFIG_KEYS = ["process"]
+CONFIG = ["process"]
 
 
 def fingerprint_extra(ctx: StageContext) -> str:
-    """Both engines' sources: a changed chunker or deduplicator must not reuse old chunks."""
+    """The Rust engine's sources (the Python twin's are found with the stage's code)."""
     from components.processing import rust
 
     root = rust.CRATE_DIR.parent
-    files = rust.sources(rust.CRATE_DIR) + sorted((root / "components" / "processing").glob("*.py"))
     h = hashlib.sha256()
-    for f in files:
+    for f in rust.sources(rust.CRATE_DIR):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
@@ -55,16 +53,14 @@ def metrics(result: dict[str, Any], wall_s: float) -> dict[str, float]:
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components.processing import (ProcessingError, process_config, resolve_engine,
-                                       run_processing, write_config)
+    from components.processing import ProcessingError, resolve_engine, run_processing, write_config
 
     documents = ctx.path("documents")
     if not documents.is_dir():
         raise StageError(f"process: {documents} is missing; run the convert stage first")
     try:
-        cfg = process_config(OmegaConf.to_container(ctx.cfg.process, resolve=True),
-                             input_dir=documents, output_path=ctx.path("chunks.jsonl"),
-                             source="conf/process (the `process` config group)")
+        cfg = build(ctx.cfg.process, "process").model_copy(update={
+            "input_dir": str(documents.resolve()), "output_path": str(ctx.path("chunks.jsonl").resolve())})
         config_path = write_config(cfg, ctx.path("process.yaml"))
         engine = resolve_engine(cfg.engine)
         log.info("process: %s engine on %s", engine, documents)

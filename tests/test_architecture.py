@@ -1,0 +1,130 @@
+"""The layout's rules, checked: a stage declares all that decides its outputs and reads nothing
+else; every config group builds a typed component; components never import the runner."""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from conftest import CONF, REPO
+from runner import fingerprint as F
+from runner import pipeline
+from runner.config import ConfigError, build, view
+
+
+def test_nothing_in_components_imports_runner():
+    offenders = []
+    for path in (REPO / "components").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "runner"]
+    assert offenders == []
+
+
+def test_every_group_that_configures_a_component_has_a_target():
+    missing = [str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF
+               and "_target_" not in OmegaConf.load(p)]
+    assert missing == []
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A copy of the project's code, so a test can edit sources without touching the repo."""
+    root = tmp_path_factory.mktemp("tree")
+    for d in ("components", "runner"):
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def code_hashes(root: Path, cfg) -> dict[str, dict]:
+    return {n: F.code_hash(f"runner.stages.{n}", view(cfg, pipeline.load_stage(n).CONFIG), root)
+            for n in pipeline.ORDER}
+
+
+@pytest.mark.parametrize("edited, expected", [
+    ("components/llm/extraction.py", {"extract", "dataset"}),
+    ("components/documents/convert.py", {"convert"}),
+    ("components/documents/metadata.py", {"convert"}),
+    ("components/training/lora.py", {"finetune", "evaluate"}),
+    ("components/processing/chunking.py", {"process"}),
+    ("components/llm/services.py", {"extract"}),
+    ("components/files.py", set(pipeline.ORDER)),
+])
+def test_editing_a_component_reruns_exactly_the_stages_that_use_it(tree, compose, edited, expected):
+    cfg = compose()
+    before = code_hashes(tree, cfg)
+    path = tree / edited
+    original = path.read_text(encoding="utf-8")
+    try:
+        path.write_text(original + "\n# an edit\n", encoding="utf-8")
+        after = code_hashes(tree, cfg)
+    finally:
+        path.write_text(original, encoding="utf-8")
+    assert {n for n in pipeline.ORDER if before[n] != after[n]} == expected
+
+
+def test_the_code_walk_finds_lazy_imports_and_config_targets(compose):
+    mods = F.code_modules(["runner.stages.extract"])
+    assert "components.llm.extraction" in mods  # imported inside run()
+    cfg = view(compose().copy(), pipeline.load_stage("extract").CONFIG)
+    assert "components.llm.services" in F.code_hash("runner.stages.extract", cfg)  # a _target_
+
+
+def config_fingerprints(cfg) -> dict[str, str]:
+    return {n: OmegaConf.to_yaml(view(cfg, pipeline.load_stage(n).CONFIG)) for n in pipeline.ORDER}
+
+
+def test_a_key_reruns_exactly_the_stages_that_declare_it(compose, tmp_path):
+    def c(*overrides):
+        return compose(f"cache_dir={tmp_path}", *overrides)
+
+    base = config_fingerprints(c())
+    changed = config_fingerprints(c("lora.batch_size=2"))
+    assert {n for n in pipeline.ORDER if base[n] != changed[n]} == {"dataset", "finetune", "evaluate"}
+    unrelated = config_fingerprints(c("tracking.experiment=other", "optimized_metric=eval/token_f1"))
+    assert unrelated == base
+    hw = compose().hw
+    workers = config_fingerprints(c(f"hardware.convert_workers={3 - hw.convert_workers}"))
+    assert {n for n in pipeline.ORDER if base[n] != workers[n]} == {"convert"}
+
+
+def test_a_stage_cannot_read_what_it_did_not_declare(compose):
+    v = view(compose(), ["dataset", "lora.batch_size"])
+    assert v.lora.batch_size >= 1
+    with pytest.raises((ConfigAttributeError, ConfigKeyError)):
+        _ = v.lora.rank
+    with pytest.raises((ConfigAttributeError, ConfigKeyError)):
+        _ = v.service
+    with pytest.raises(ConfigError, match="lora.nope: declared by a stage but not in the config"):
+        view(compose(), ["lora.nope"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lora.rank=abc", "lora.rank: Input should be a valid integer"),
+    ("+lora.rnak=8", "lora.rnak: unknown key"),
+    ("extraction.temperature=-1", "extraction.temperature: Input should be greater than or equal to 0"),
+    ("+dataset.colour=blue", "dataset.colour: unknown key"),
+    ("corpus.extensions=3", "corpus.extensions"),
+])
+def test_a_wrong_value_fails_naming_the_key(compose, override, message):
+    from runner.app import GROUPS
+
+    cfg = compose(override)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        for g in GROUPS:
+            build(cfg[g], g)
+
+
+def test_the_app_refuses_a_wrong_key_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "runner", "lora.rank=abc", f"hydra.run.dir={tmp_path}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "lora.rank: Input should be a valid integer" in out.stderr + out.stdout
+    assert not (tmp_path / "documents").exists() and not (tmp_path / ".state").exists()
