@@ -62,6 +62,13 @@ def _clean(line: str) -> str:
     return line.strip()
 
 
+def is_page_furniture(line: str) -> bool:
+    """A page header or footer ("ETSI TS 138 322 V19.2.0 (2026-04)", "3GPP TS 38.322 version
+    19.2.0 Release 19", "ETSI") or a bare page number."""
+    text = line.strip()
+    return any(p.match(text) for p in _FURNITURE)
+
+
 def is_furniture(line: str) -> bool:
     """A page header or footer, a bare page number, or a table-of-contents leader line."""
     text = line.strip()
