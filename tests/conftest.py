@@ -36,3 +36,12 @@ def offline_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("NO_PROXY", "*")
     return os.environ
+
+
+@pytest.fixture(scope="session")
+def etsi_converted(tmp_path_factory):
+    """The ETSI-layout fixture specs (PDF, Word, Markdown, HTML) converted through Docling:
+    a list of (GeneratedDoc, DocResult)."""
+    from tests.fixtures.converted import convert_fixtures
+
+    return convert_fixtures(tmp_path_factory.mktemp("etsi"))

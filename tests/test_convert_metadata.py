@@ -1,11 +1,17 @@
-"""3GPP metadata from cover pages and file names, and HTML charset detection (no Docling)."""
+"""3GPP metadata from cover pages and file names, and HTML charset detection.
+
+Most tests need no Docling; the ``etsi_converted`` ones run the ETSI-layout fixtures (PDF,
+Word, Markdown, HTML) through the project's converter and check what ``describe`` makes of them.
+"""
 from __future__ import annotations
 
 import codecs
 
 import pytest
 
-from components.documents.metadata import describe, first_heading, from_cover, from_file_name, version_from_code
+from components.documents import acquire, threegpp
+from components.documents.metadata import (describe, first_heading, from_cover, from_etsi_cover,
+                                           from_file_name, version_from_code)
 from components.documents.charset import decode_html, detect
 
 COVER = """3GPP TS 38.899 V17.0.0 (2026-03)
@@ -79,6 +85,22 @@ def test_undeclared_cp1252_is_detected_not_guessed_as_cp1250():
     assert WESTERN in text
 
 
+@pytest.mark.parametrize("text", ["Prix: 12 \u20ac \u2013 Stra\u00dfe, Gr\u00fc\u00dfe, d\u00e9j\u00e0 vu, l\u2019\u00e9quipe",
+                                  "D\u00e9j\u00e0 vu: l\u2019\u00e9t\u00e9 \u00e0 Z\u00fcrich co\u00fbte 10 \u20ac"])
+def test_short_undeclared_western_page_is_windows_1252(text):
+    # The detector's favourite for these is cp1257, which reads "d\u00e9j\u00e0" as "d\u00e9j\u0105".
+    data = f"<html><body><p>{text}</p></body></html>".encode("cp1252")
+    decoded, enc = decode_html(data)
+    assert enc == "cp1252" and text in decoded
+
+
+def test_undeclared_multi_byte_and_non_western_pages_are_still_detected():
+    ja = "<p>\u3053\u308c\u306f\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3067\u3059\u3002\u57fa\u5730\u5c40\u306e\u8a2d\u5b9a\u306b\u3064\u3044\u3066\u8aac\u660e\u3057\u307e\u3059\u3002</p>"
+    assert ja in decode_html(ja.encode("shift_jis"))[0]
+    ru = "<p>\u0421\u0435\u0442\u044c \u043f\u0435\u0440\u0435\u0434\u0430\u0447\u0438 \u0434\u0430\u043d\u043d\u044b\u0445 \u0438 \u0431\u0430\u0437\u043e\u0432\u0430\u044f \u0441\u0442\u0430\u043d\u0446\u0438\u044f \u0440\u0430\u0431\u043e\u0442\u0430\u044e\u0442 \u0432\u043c\u0435\u0441\u0442\u0435</p>"
+    assert ru in decode_html(ru.encode("cp1251"))[0]
+
+
 @pytest.mark.parametrize("declared", ["iso-8859-1", "latin1", "windows-1252"])
 def test_latin1_labels_mean_windows_1252(declared):
     data = f'<meta charset="{declared}"><p>{WESTERN}</p>'.encode("cp1252")
@@ -93,3 +115,70 @@ def test_declared_and_bom_charsets_are_honoured():
     # A wrong declaration does not garble valid UTF-8.
     wrong = '<meta charset="ascii"><p>µs</p>'.encode("utf-8")
     assert decode_html(wrong) == ('<meta charset="ascii"><p>µs</p>', "utf-8")
+
+
+# --- ETSI front pages and real conversions ---------------------------------------------------
+
+ETSI_FRONT = """ETSI TS 138 322 V19.2.0 (2026-04)
+
+1
+
+3GPP TS 38.322 version 19.2.0 Release 19
+
+ETSI
+
+ETSI TS 138 322 V19.2.0 (2026-04)
+
+5G; NR; Radio Link Control (RLC) protocol specification
+
+(3GPP TS 38.322 version 19.2.0 Release 19)
+
+TECHNICAL SPECIFICATION
+"""
+
+
+def test_etsi_front_page_maps_to_the_3gpp_spec_and_title():
+    assert from_etsi_cover(ETSI_FRONT) == {
+        "spec_type": "TS", "spec": "38.322", "version": "19.2.0", "release": 19, "date": "2026-04",
+        "title": "NR; Radio Link Control (RLC) protocol specification"}
+    meta = describe(ETSI_FRONT, "ts_138322v190200p.pdf")
+    assert meta["series"] == "38" and meta["source_format"] == "pdf"
+    assert meta["metadata_source"] == "etsi_cover"
+
+
+def test_etsi_title_prefixes_and_wrapped_titles():
+    md = ("ETSI TR 121 905 V17.2.0 (2024-04)\n\nDigital cellular telecommunications system (Phase 2+) "
+          "(GSM); Universal Mobile\n\nTelecommunications System (UMTS); LTE; 5G; Vocabulary for 3GPP "
+          "Specifications\n\n(3GPP TR 21.905 version 17.2.0 Release 17)\n")
+    meta = from_etsi_cover(md)
+    assert meta["spec"] == "21.905" and meta["spec_type"] == "TR"
+    assert meta["title"] == "Vocabulary for 3GPP Specifications"
+    # Only the ETSI line (the bracketed 3GPP line was lost): the number still maps.
+    assert from_etsi_cover("ETSI TS 137 324 V18.1.0 (2025-07)\n")["spec"] == "37.324"
+    assert threegpp.spec_from_etsi("138 101-1") == "38.101-1"
+
+
+def test_a_lying_file_name_never_replaces_the_content():
+    meta = describe(ETSI_FRONT, "38323-j00_PDCP_draft.pdf")
+    assert (meta["spec"], meta["version"], meta["release"]) == ("38.322", "19.2.0", 19)
+    # With no cover at all the name is all there is.
+    assert describe("Some text\n", "38323-j00.pdf")["spec"] == "38.323"
+
+
+def test_one_version_code_module():
+    assert acquire.parse_version is threegpp.parse_version
+    assert acquire.version_code is threegpp.version_code
+    assert version_from_code("j20") == "19.2.0" and threegpp.version_code(19, 2, 0) == "j20"
+
+
+@pytest.mark.parametrize("fmt", ["pdf", "docx", "md", "html"])
+def test_metadata_from_converted_fixtures(etsi_converted, fmt):
+    docs = [(d, r) for d, r in etsi_converted if d.truth["source_format"] == fmt]
+    assert docs
+    for doc, res in docs:
+        assert res.status == "success", res.error
+        truth, meta = doc.truth, res.meta
+        got = {k: meta.get(k) for k in ("spec", "version", "release", "title", "series", "source_format")}
+        want = {k: truth[k] for k in got}
+        assert got == want, doc.path.name
+        assert meta["metadata_source"] in ("cover", "etsi_cover")

@@ -23,11 +23,11 @@ import httpx
 from pydantic import ConfigDict, Field, field_validator
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from components.documents.threegpp import parse_version, version_code  # noqa: F401 (re-exported)
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _SPEC = re.compile(r"^(\d{2})\.(\d{3})(-\d+)?$")
 _RELEASE = re.compile(r"^(?:rel(?:ease)?[-_ ]?|r)?(\d{1,2})$", re.IGNORECASE)
 
@@ -49,23 +49,6 @@ class _Incomplete(Exception):
 
 
 # ---------------------------------------------------------------- versions and names
-
-
-def parse_version(code: str) -> tuple[int, int, int]:
-    """``"h00"`` -> ``(17, 0, 0)``; also accepts a dotted ``"17.0.0"``."""
-    code = code.strip().lower()
-    if re.fullmatch(r"\d{1,2}\.\d{1,2}\.\d{1,2}", code):
-        major, minor, patch = (int(x) for x in code.split("."))
-        if max(major, minor, patch) >= len(_DIGITS):
-            raise ValueError(f"version {code!r}: each part must be below {len(_DIGITS)}")
-        return major, minor, patch
-    if len(code) != 3 or any(c not in _DIGITS for c in code):
-        raise ValueError(f"version {code!r} is not a 3GPP version code like 'h00' or '17.0.0'")
-    return tuple(_DIGITS.index(c) for c in code)  # type: ignore[return-value]
-
-
-def version_code(major: int, minor: int, patch: int) -> str:
-    return "".join(_DIGITS[n] for n in (major, minor, patch))
 
 
 def parse_release(release: str | int) -> int:

@@ -46,6 +46,15 @@ def _decode_as(data: bytes, enc: str) -> str:
     return _cp1252(data) if enc == "cp1252" else data.decode(enc)
 
 
+# Encodings a detector may be trusted on for an undeclared page: their byte patterns are rare by
+# chance, unlike the single-byte code pages, which any byte string "is".
+_MULTI_BYTE = {"utf_16", "utf_16_be", "utf_16_le", "utf_32", "utf_32_be", "utf_32_le", "shift_jis",
+               "cp932", "euc_jp", "euc_jis_2004", "euc_jisx0213", "iso2022_jp", "iso2022_kr",
+               "gb2312", "gbk", "gb18030", "hz", "big5", "big5hkscs", "cp950", "euc_kr", "cp949",
+               "johab"}
+_CONFIDENT_CHAOS = 0.1
+
+
 def detect(data: bytes) -> str:
     """The charset to read ``data`` with: BOM, then declaration, then UTF-8, then detection."""
     for bom, enc in _BOMS:
@@ -77,11 +86,14 @@ def detect(data: bytes) -> str:
     if not results:
         return "cp1252"
     best = results[0]
-    # Short Western text scores the same under several single-byte code pages; cp1252 is what
-    # an undeclared page almost always is (and what browsers assume), so it wins a tie.
-    for r in results:
-        if r.encoding == "cp1252" and r.chaos <= best.chaos and r.coherence >= best.coherence:
-            return "cp1252"
+    if best.encoding in _MULTI_BYTE and best.chaos <= _CONFIDENT_CHAOS:
+        return best.encoding
+    # Browsers read an undeclared legacy page as windows-1252. Short Western text scores about
+    # the same under several single-byte code pages, and the detector's favourite is often
+    # cp1257 or cp1250 ("déjà" -> "déją"); so cp1252 wins whenever the detector finds it
+    # plausible at all. It does not for Cyrillic or Greek text, whose cp1252 reading is a mess.
+    if any(r.encoding == "cp1252" for r in results):
+        return "cp1252"
     return best.encoding
 
 

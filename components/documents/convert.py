@@ -292,6 +292,7 @@ class DoclingConverter:
         # Not formats, max_pages or max_file_mb: they decide whether a file is converted, not
         # what its conversion holds.
         opts = {"v": CACHE_VERSION, "versions": versions, "exports": self.exports, "tables": self.tables,
+                "html": None if pdf else "pre-heading-body",
                 "pdf": None if not pdf else "native" if self.pdf_native else {
                     "models": self._pdf_why, "ocr": self.do_ocr and self.ocr_engine,
                     "tables": self.do_table_structure}}
@@ -317,7 +318,12 @@ class DoclingConverter:
         if "docx" in self.formats:
             options[InputFormat.DOCX] = WordFormatOption()
         if "html" in self.formats:
-            options[InputFormat.HTML] = HTMLFormatOption()
+            from docling.datamodel.backend_options import HTMLBackendOptions
+
+            # Docling files everything above the first <h1>-<h6> as furniture, which the
+            # Markdown export leaves out: a spec's cover (number, version, title) with it.
+            options[InputFormat.HTML] = HTMLFormatOption(
+                backend_options=HTMLBackendOptions(infer_furniture=False))
         if "md" in self.formats:
             options[InputFormat.MD] = MarkdownFormatOption()
         if "pdf" in self.formats:
