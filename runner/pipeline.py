@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -37,10 +38,10 @@ def producers() -> dict[str, str]:
 
 
 def context(name: str, run_dir: Path, cfg: DictConfig, tracker: Tracker,
-            resources: Resources | None = None) -> StageContext:
+            resources: Resources | None = None, cancel: threading.Event | None = None) -> StageContext:
     """The context stage ``name`` runs with: its declared config keys and nothing else."""
     return StageContext(run_dir=run_dir, cfg=view(cfg, load_stage(name).CONFIG), tracker=tracker,
-                        resources=resources or Resources())
+                        resources=resources or Resources(), cancel=cancel or threading.Event())
 
 
 def _state_path(run_dir: Path, name: str) -> Path:
@@ -101,7 +102,7 @@ def _to_cache(ctx: StageContext, d: Path | None, stage: ModuleType, metrics: dic
 
 
 def run(run_dir: Path, cfg: DictConfig, tracker: Tracker, names: list[str],
-        resources: Resources | None = None) -> dict[str, float]:
+        resources: Resources | None = None, cancel: threading.Event | None = None) -> dict[str, float]:
     """Run the named stages in pipeline order; return all metrics (this run's and earlier)."""
     for n in names:
         load_stage(n)
@@ -113,7 +114,7 @@ def run(run_dir: Path, cfg: DictConfig, tracker: Tracker, names: list[str],
     timings: dict[str, dict] = {}
     for name in ordered:
         stage = load_stage(name)
-        ctx = context(name, run_dir, cfg, tracker, resources)
+        ctx = context(name, run_dir, cfg, tracker, resources, cancel)
         for inp in stage.INPUTS:
             if not ctx.path(inp).exists():
                 src = producers().get(inp, "?")

@@ -24,6 +24,7 @@ outputs from the stage cache. A stage knows nothing about the stages around it.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -35,6 +36,12 @@ from components.tracking import Tracker
 
 class StageError(RuntimeError):
     """A stage cannot run; the message says why and what to do."""
+
+
+class Interrupted(BaseException):
+    """The run was asked to stop (Ctrl-C, SIGTERM). A stage that sees ``ctx.cancel`` set stops
+    taking new work, keeps what is finished and raises this; like KeyboardInterrupt it is not
+    an ``Exception``, so handlers of ordinary errors do not swallow it."""
 
 
 class Closable(Protocol):
@@ -70,6 +77,8 @@ class StageContext:
     cfg: DictConfig  # the stage's declared keys only
     tracker: Tracker
     resources: Resources = field(default_factory=Resources)
+    # Set when the run is asked to stop; long loops check it between items.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     def path(self, rel: str) -> Path:
         return self.run_dir / rel
