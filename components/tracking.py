@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
-from components.files import write_text
+from components.secrets import REDACTED, flatten, redact, scrub  # noqa: F401 (REDACTED re-exported)
 
 log = logging.getLogger(__name__)
-
-REDACTED = "***redacted***"
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|credential)", re.I)
-
 
 class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
@@ -27,53 +22,6 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))
-
-
-def redact(obj: Any) -> Any:
-    """A copy of a nested dict/list with every secret-looking key's value replaced."""
-    if isinstance(obj, Mapping):
-        return {k: (REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v))
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(obj, list) and obj and any(isinstance(v, (Mapping, list)) for v in obj):
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = obj
-    return out
-
-
-def secret_values(obj: Any) -> set[str]:
-    """The secret strings in a config, so they can be scrubbed from files Hydra wrote."""
-    found: set[str] = set()
-    for k, v in flatten(obj).items():
-        if is_secret_key(k) and isinstance(v, str) and len(v) >= 4:
-            found.add(v)
-    return found
-
-
-def scrub_file(path: Path, secrets: set[str]) -> None:
-    if not secrets or not path.is_file():
-        return
-    text = path.read_text(encoding="utf-8", errors="replace")
-    new = text
-    for s in secrets:
-        new = new.replace(s, REDACTED)
-    if new != text:
-        write_text(path, new)
 
 
 def git_commit(repo: Path) -> str | None:
@@ -130,21 +78,46 @@ class MLflowTracker:
         exp = mlflow.set_experiment(self.experiment)
         self.experiment_id = exp.experiment_id
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(redact(dict(params))).items()}
-        with mlflow.start_run(run_name=self.run_name, tags=dict(tags)) as run:
+        with mlflow.start_run(run_name=self.run_name, tags={k: scrub(str(v)) for k, v in tags.items()}) as run:
             self.run_id = run.info.run_id
             items = list(flat.items())
             for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
                 mlflow.log_params(dict(items[i:i + 100]))
             try:
                 yield self
-            except BaseException:
-                mlflow.set_tag("status", "failed")
+            except BaseException as exc:
+                self.finish("FAILED", {"failure.reason": f"{type(exc).__name__}: {exc}"[:500]})
                 raise
+
+    def finish(self, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """End the run as FINISHED, FAILED or KILLED, with the reason in ``tags``."""
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        if tags:
+            self.set_tags(tags)
+        mlflow.end_run(status)
+
+    def close_stale(self, run_id: str, reason: str) -> bool:
+        """Close a run left RUNNING by a process that died; True when it was."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # another store, or deleted
+            return False
+        if run.info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "failure.reason", scrub(reason))
+        client.set_terminated(run_id, "FAILED")
+        return True
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         import mlflow
 
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        mlflow.set_tags({k: scrub(str(v)) for k, v in tags.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
@@ -173,4 +146,7 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def finish(self, status: str, tags: Mapping[str, str] | None = None) -> None:
         pass

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from components.files import write_text
+from components.secrets import scrub
 
 
 def _load(path: Path):
@@ -55,5 +56,5 @@ def write_report(run_dir: Path, metrics: dict, info: dict) -> Path:
                      for k in ("question", "gold", "prediction")]
             lines.append("| " + " | ".join(cells) + " |")
     path = run_dir / "report.md"
-    write_text(path, "\n".join(lines) + "\n")
+    write_text(path, scrub("\n".join(lines) + "\n"))
     return path

@@ -29,8 +29,9 @@ def test_nothing_in_components_imports_runner():
 
 
 def test_every_group_that_configures_a_component_has_a_target():
+    # conf/hydra/ configures Hydra itself (logging, launchers), not a component of ours.
     missing = [str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF
-               and "_target_" not in OmegaConf.load(p)]
+               and p.relative_to(CONF).parts[0] != "hydra" and "_target_" not in OmegaConf.load(p)]
     assert missing == []
 
 
@@ -50,7 +51,8 @@ def code_hashes(root: Path, cfg) -> dict[str, dict]:
 
 @pytest.mark.parametrize("edited, expected", [
     ("components/llm/extraction.py", {"extract", "dataset"}),
-    ("components/documents/convert.py", {"convert"}),
+    ("components/documents/convert/engine.py", {"convert"}),
+    ("components/documents/convert/options.py", {"convert"}),
     ("components/documents/metadata.py", {"convert"}),
     ("components/training/lora.py", {"finetune", "evaluate"}),
     ("components/processing/chunking.py", {"process"}),

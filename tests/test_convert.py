@@ -9,6 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from components.documents import convert as convert_mod
+from components.documents.convert import engine as engine_mod
+from components.documents.convert.engine import DoclingEngine
 from components.documents.convert import DoclingConverter, layout_models_available
 from components.documents.sample_corpus import VENDOR_GUIDE, pdf_bytes, write_sample_corpus
 from components.tracking import NullTracker
@@ -105,10 +107,10 @@ def test_pdf_fallback_is_loud_and_counted(first, caplog):
     assert json.loads((docs / "meta" / "vendor-gnb-configuration-guide.json").read_text())["pdf_fallback"]
     with caplog.at_level(logging.WARNING):
         conv = DoclingConverter(formats=["pdf"])
-        assert conv.pdf_native
+        assert conv.engine.pdf_native
     assert any("native text-only" in r.getMessage() and why in r.getMessage() for r in caplog.records)
     with pytest.raises(convert_mod.ConvertConfigError, match="pdf_backend=standard"):
-        _ = DoclingConverter(pdf_backend="standard").pdf_native
+        _ = DoclingConverter(pdf_backend="standard").engine.pdf_native
 
 
 def test_standard_pdf_pipeline_when_layout_models_exist(tmp_path):
@@ -128,7 +130,7 @@ def test_unchanged_documents_come_from_the_cache_without_docling(first, tmp_path
     def no_docling(self):
         raise AssertionError("Docling was built for a cached document")
 
-    monkeypatch.setattr(DoclingConverter, "_build", no_docling)
+    monkeypatch.setattr(DoclingEngine, "_build", no_docling)
     metrics = run_stage(tmp_path / "again", cfg)
     assert metrics["convert/cache_hits"] == metrics["convert/docs"] == 6
     assert tree(tmp_path / "again" / "documents") == tree(docs)
@@ -161,14 +163,14 @@ def test_standard_pipeline_options_carry_the_users_choices(tmp_path, monkeypatch
     # Wiring only (the models themselves are exercised by the standard-path test above).
     from docling.document_converter import PdfFormatOption
 
-    monkeypatch.setattr(convert_mod, "layout_models_available", lambda path: (True, str(path)))
+    monkeypatch.setattr(engine_mod, "layout_models_available", lambda path: (True, str(path)))
     conv = DoclingConverter(do_ocr=True, do_table_structure=False, ocr_engine=engine,
-                            artifacts_path=str(tmp_path))
+                            artifacts_path=str(tmp_path)).engine
     assert not conv.pdf_native
     opts = conv._pdf_option(PdfFormatOption).pipeline_options
     assert type(opts.ocr_options).__name__ == cls
     assert opts.do_ocr and not opts.do_table_structure and str(opts.artifacts_path) == str(tmp_path)
-    native = DoclingConverter(artifacts_path=str(tmp_path), pdf_backend="native")
+    native = DoclingConverter(artifacts_path=str(tmp_path), pdf_backend="native").engine
     assert native.pdf_native and native.options_hash() != conv.options_hash()
 
 
@@ -178,8 +180,8 @@ def test_tables_cut_from_the_export_equal_docling_per_table_rendering(tmp_path, 
     from components.documents.convert import table_markdowns
     from components.documents.corpus import collect
 
-    conv = DoclingConverter(formats=["docx", "md"])
-    conv._ensure_built()
+    conv = DoclingConverter(formats=["docx", "md"]).engine
+    conv.prepare()
     sources, _ = collect(corpus, [".zip", ".docx", ".md"], tmp_path)
     checked = 0
     for s in sources:

@@ -5,8 +5,15 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from components.tracking import (REDACTED, MLflowTracker, flatten, redact, resolve_uri,
-                                 scrub_file, secret_values)
+import logging
+import os
+import stat
+
+import pytest
+
+from components import secrets
+from components.secrets import REDACTED, flatten, redact, scrub, scrub_file, secret_values
+from components.tracking import MLflowTracker, resolve_uri
 
 CFG = {"service": {"name": "openai", "api_key": "sk-live-abcdef123456", "base_url": "http://x"},
        "tracking": {"token": None}, "lora": {"rank": 8}, "stages": ["convert", "process"]}
@@ -20,11 +27,49 @@ def test_redact_and_flatten():
     assert secret_values(CFG) == {"sk-live-abcdef123456"}
 
 
-def test_scrub_file(tmp_path):
+def test_scrub_file_by_value_and_makes_it_private(tmp_path):
+    secrets.register(secret_values(CFG))
     f = tmp_path / "overrides.yaml"
-    f.write_text("- service.api_key=sk-live-abcdef123456\n- lora.rank=8\n")
-    scrub_file(f, secret_values(CFG))
+    f.write_text("- service.api_key=sk-live-abcdef123456\n- lora.rank=8\n- note=sk-live-abcdef123456\n")
+    f.chmod(0o644)
+    scrub_file(f)
     assert "sk-live" not in f.read_text() and "lora.rank=8" in f.read_text()
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+
+
+def test_secret_keys_are_whole_names_not_substrings():
+    cfg = {"extraction": {"max_tokens": 256}, "evaluate": {"max_tokens": 48},
+           "hub": {"hf_token": "hf_abcdefgh"}, "x": {"access_token": "t0ps3cret"}}
+    flat = flatten(redact(cfg))
+    assert flat["extraction.max_tokens"] == 256 and flat["evaluate.max_tokens"] == 48
+    assert flat["hub.hf_token"] == REDACTED and flat["x.access_token"] == REDACTED
+
+
+@pytest.mark.parametrize("text, leaked", [
+    ("http://user:sk-url-999888777@host:8000/v1", "sk-url-999888777"),
+    ("https://sk-url-token-123456@host/v1", "sk-url-token-123456"),
+    ("GET http://h/v1/models?api_key=qk-778899&x=1", "qk-778899"),
+    ("http://h/x?token=abcd1234efgh#frag", "abcd1234efgh"),
+    ("#0 : lora.rank=8 service.api_key=sk-cli-445566", "sk-cli-445566"),
+])
+def test_secrets_by_value_in_urls_queries_and_overrides(text, leaked):
+    out = scrub(text)
+    assert leaked not in out and REDACTED in out
+
+
+def test_url_credentials_in_config_become_known_secrets():
+    cfg = {"service": {"base_url": "http://user:sk-in-url-424242@host/v1"}}
+    assert "sk-in-url-424242" in secret_values(cfg)
+    assert "sk-in-url-424242" not in str(redact(cfg))
+
+
+def test_log_records_are_scrubbed(caplog):
+    secrets.register({"sk-registered-31337"})
+    handler = logging.StreamHandler()
+    handler.addFilter(secrets.ScrubFilter())
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed: %s", ("key sk-registered-31337",), None)
+    handler.filter(record)
+    assert "sk-registered" not in record.getMessage() and REDACTED in record.getMessage()
 
 
 def test_relative_sqlite_uri_is_taken_from_the_root(tmp_path):

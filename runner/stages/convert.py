@@ -20,7 +20,7 @@ from pathlib import Path
 
 from components.files import build_dir, write_json
 from runner.config import build
-from runner.stage import StageContext, StageError
+from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,18 @@ def run(ctx: StageContext) -> dict[str, float]:
                          f"{', '.join(map(str, roots))}")
 
     out = ctx.path("documents")
-    manifest = [{"source": pr.name, "status": "failed", "error": pr.error} for pr in problems]
+    manifest = [{"source": pr.name, "status": "failed", "error": pr.error, "failure": "final"}
+                for pr in problems]
     t0 = time.perf_counter()
     try:
         results = converter.convert_all(((s.name, s.path) for s in sources),
-                                        cache_dir=ctx.cfg.cache_dir, progress=sys.stderr.isatty())
+                                        cache_dir=ctx.cfg.cache_dir, progress=sys.stderr.isatty(),
+                                        cancel=ctx.cancel)
     except ConvertConfigError as exc:
         raise StageError(f"convert: {exc}") from None
+    if ctx.cancel.is_set():
+        # Every document finished so far is in the conversion cache: the rerun takes it there.
+        raise Interrupted("convert")
     seconds = time.perf_counter() - t0
     chars = fallback = ok = hits = tables = 0
     with build_dir(out) as tmp:
@@ -130,7 +135,7 @@ def run(ctx: StageContext) -> dict[str, float]:
                 tables += len(res.tables)
                 ok += 1
             else:
-                entry["error"] = res.error
+                entry.update(error=res.error, failure="transient" if res.transient else "final")
             manifest.append(entry)
         manifest.sort(key=lambda e: e["source"])
         for m in manifest:
@@ -138,6 +143,7 @@ def run(ctx: StageContext) -> dict[str, float]:
                 log.error("convert: %s: %s", m["source"], m["error"])
         write_json(tmp / "manifest.json", manifest)
     failed = len(manifest) - ok
+    transient = sum(m.get("failure") == "transient" for m in manifest)
     log.info("convert: %d converted (%d from cache), %d failed, %d PDFs on the native fallback, "
              "%.1fs; report: %s", ok, hits, failed, fallback, seconds, out / "manifest.json")
     if ok == 0:
@@ -145,5 +151,6 @@ def run(ctx: StageContext) -> dict[str, float]:
     return {"convert/docs": ok, "convert/failed_docs": failed,
             "convert/pdf_fallback_docs": fallback, "convert/cache_hits": hits,
             "convert/tables": tables, "convert/chars": chars,
-            "convert/workers": int(converter.workers or 1),
+            "convert/transient_failures": transient,
+            "convert/workers": converter.workers_for(len(sources)),
             "convert/seconds": round(seconds, 3)}
