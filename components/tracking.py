@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
@@ -64,18 +64,16 @@ class MLflowTracker:
         # MLflow's own chatter (alembic migrations, emoji links) is noise in a pipeline log.
         logging.getLogger("alembic").setLevel(logging.WARNING)
         mlflow.set_tracking_uri(self.uri)
-        exp = mlflow.get_experiment_by_name(self.experiment)
-        if exp is None:
-            # With a database store MLflow would put artifacts in ./mlruns of whatever folder the
-            # run started from; keep them beside the database instead.
-            loc = None
-            if self.uri.startswith("sqlite:///"):
-                loc = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-            try:
+        with self._store_lock():
+            exp = mlflow.get_experiment_by_name(self.experiment)
+            if exp is None:
+                # With a database store MLflow would put artifacts in ./mlruns of whatever folder
+                # the run started from; keep them beside the database instead.
+                loc = None
+                if self.uri.startswith("sqlite:///"):
+                    loc = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
                 mlflow.create_experiment(self.experiment, artifact_location=loc)
-            except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
-                pass
-        exp = mlflow.set_experiment(self.experiment)
+            exp = mlflow.set_experiment(self.experiment)
         self.experiment_id = exp.experiment_id
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(redact(dict(params))).items()}
         with mlflow.start_run(run_name=self.run_name, tags={k: scrub(str(v)) for k, v in tags.items()}) as run:
@@ -88,6 +86,15 @@ class MLflowTracker:
             except BaseException as exc:
                 self.finish("FAILED", {"failure.reason": f"{type(exc).__name__}: {exc}"[:500]})
                 raise
+
+    def _store_lock(self):
+        """Parallel runs (a joblib sweep, two terminals) creating one sqlite store or experiment
+        at once would race on its tables; the first creates, the others wait."""
+        from filelock import FileLock
+
+        if self.uri.startswith("sqlite:///"):
+            return FileLock(self.uri[len("sqlite:///"):] + ".lock", timeout=120)
+        return nullcontext()
 
     def finish(self, status: str, tags: Mapping[str, str] | None = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, with the reason in ``tags``."""
