@@ -33,12 +33,17 @@ def _dropped(line: str, cfg: NormalizeConfig) -> bool:
                 or (cfg.strip_toc and TOC.fullmatch(line)))
 
 
+def is_prose(line: str) -> bool:
+    """Ends with '.' and holds a char other than '.', ' ' and digits (a sentence, not a leader)."""
+    return line[-1] == "." and bool(line.strip(". 0123456789"))
+
+
 def toc_end(lines: list[str], c: int) -> int | None:
     """End (exclusive) of the table of contents opened by the `Contents` line ``lines[c]``: the
     first entry-like line whose key repeats an earlier entry's (the body's first heading), if
-    at least two thirds of the non-empty lines before it are TOC-like; else None."""
+    the lines before it hold at most one prose line per four TOC-like lines; else None."""
     seen: set[str] = set()
-    toclike = other = 0
+    toclike = prose = 0
     for j in range(c + 1, len(lines)):
         line = lines[j]
         if not line:
@@ -48,13 +53,13 @@ def toc_end(lines: list[str], c: int) -> int | None:
         key = toc_key(line)
         if key and heading_form(key):
             if key in seen:
-                return j if 2 * other <= toclike else None
+                return j if 4 * prose <= toclike else None
             seen.add(key)
             toclike += 1
         elif BARE_NUMBER.fullmatch(line) or FURNITURE.fullmatch(line) or TOC.fullmatch(line):
             toclike += 1
-        else:
-            other += 1
+        elif is_prose(line):
+            prose += 1
     return None
 
 

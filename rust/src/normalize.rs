@@ -148,6 +148,11 @@ impl Normalizer {
         }
     }
 
+    /// Ends with '.' and holds a char other than '.', ' ' and digits.
+    fn is_prose(line: &str) -> bool {
+        line.ends_with('.') && line.bytes().any(|c| !matches!(c, b'.' | b' ' | b'0'..=b'9'))
+    }
+
     fn is_contents(line: &str) -> bool {
         line.len() <= 17 && in_set_ascii_ci(line, &CONTENTS)
     }
@@ -155,7 +160,7 @@ impl Normalizer {
     /// End (exclusive) of the table of contents opened by the `Contents` line `lines[c]`.
     fn toc_end(&self, lines: &[&str], c: usize) -> Option<usize> {
         let mut seen: std::collections::HashSet<&str> = Default::default();
-        let (mut toclike, mut other) = (0usize, 0usize);
+        let (mut toclike, mut prose) = (0usize, 0usize);
         for (j, &line) in lines.iter().enumerate().skip(c + 1) {
             if line.is_empty() {
                 continue;
@@ -166,14 +171,14 @@ impl Normalizer {
             let key = toc_key(line);
             if !key.is_empty() && heading_form(key) != 0 {
                 if seen.contains(key) {
-                    return (2 * other <= toclike).then_some(j);
+                    return (4 * prose <= toclike).then_some(j);
                 }
                 seen.insert(key);
                 toclike += 1;
             } else if is_bare_number(line) || self.furniture.is_match(line) || self.toc.is_match(line) {
                 toclike += 1;
-            } else {
-                other += 1;
+            } else if Self::is_prose(line) {
+                prose += 1;
             }
         }
         None
