@@ -62,8 +62,13 @@ def test_fixtures_identical(fixture_corpus, binary):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"chunk": {"max_chars": 120, "overlap_chars": 30, "min_chars": 0}},
-    {"normalize": {"nfc": False, "strip_page_furniture": False, "strip_toc": False}},
+    {"chunk": {"max_chars": 120, "overlap_chars": 30, "min_chars": 0, "clause_headings": True, "mark_boilerplate": True}},
+    {"chunk": {"max_chars": 300, "overlap_chars": 30, "min_chars": 100, "clause_headings": False,
+               "mark_boilerplate": False}},
+    {"normalize": {"nfc": False, "strip_page_furniture": False, "strip_toc": False, "strip_toc_block": False,
+                   "reflow": False}},
+    {"normalize": {"nfc": True, "strip_page_furniture": True, "strip_toc": True, "strip_toc_block": True,
+                   "reflow": False}},
     {"dedup": {"exact": False, "near": True, "shingle_size": 1, "num_perm": 16, "bands": 16, "threshold": 0.3, "seed": 99}},
     {"filters": {"min_chars": 0, "min_words": 0, "min_alpha_ratio": 0.0, "max_table_density": 0.2}},
 ])
@@ -89,17 +94,37 @@ lines = st.one_of(
     st.sampled_from(["", "", "3GPP TS 38.300 V17.2.0 (2024-01)", "Release 18", "12", "4.2.1SDAP structure7",
                      "Foreword5", "  \t indented\u00a0line  ", "\u200b", "5.1 General ........ 12"]),
 )
-docs = st.lists(st.lists(lines, max_size=40).map("\n".join), min_size=1, max_size=4)
+# The printed (Docling native PDF) shape: plain clause headings, hard-wrapped lines separated by
+# blank lines, page furniture mid-paragraph, a table of contents, legal boilerplate.
+printed_words = st.sampled_from(["the", "UE", "shall", "deliver", "packets", "to", "of", "and", "entity", "lower",
+                                 "layer", "gNB", "timer", "expires.", "value;", "configured,", "NOTE:", "x = 1",
+                                 "{", "é", "中文", "3", "(SDAP)", "Scope", "General"])
+printed_lines = st.one_of(
+    st.lists(printed_words, min_size=1, max_size=14).map(" ".join),
+    st.tuples(st.sampled_from(["1", "2", "3", "4", "4.1", "4.2.1", "6.2.3.1", "9", "12", "A.1", "B.2.3", "0",
+                               "4.2.1.1.1.1.1"]),
+              st.lists(printed_words, min_size=1, max_size=5)).map(lambda t: t[0] + " " + " ".join(t[1]).capitalize()),
+    st.sampled_from(["Contents", "Foreword", "Intellectual Property Rights", "Legal Notice", "History", "1 Scope",
+                     "2 References", "3 Definitions", "4 General", "4.2.1 FAP structure", "4.2.1 FAP structure 7",
+                     "Foreword ........ 5", "6.2.3.1", "A.2", "Annex A (informative): Change history",
+                     "Annex B (normative):", "3GPP TS 37.999 version 19.0.0 Release 19",
+                     "ETSI TS 137 999 V19.0.0 (2025-10)", "7", "- the first item", "a) the UE", "1> if the UE",
+                     "NOTE 1: A note", "Figure 4.2.1-1: FAP view", "Table 5.1-1: Timers", "## 4.3 Timers",
+                     "| a | b |", "<!-- image -->", "lower layers.", "the packets to the", "FOREWORD"]),
+)
+printed_docs = st.lists(printed_lines, max_size=60).map("\n\n".join)
+docs = st.lists(st.one_of(st.lists(lines, max_size=40).map("\n".join), printed_docs), min_size=1, max_size=4)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(docs, st.sampled_from([(200, 40, 50), (90, 0, 0), (1500, 150, 200)]), st.booleans())
 def test_generated_documents_identical(tmp_path_factory, binary, texts, budget, crlf):
     root = tmp_path_factory.mktemp("diff")
     write_docs(root, {f"d{i}.md": t.replace("\n", "\r\n") if crlf else t for i, t in enumerate(texts)})
     # Repeat a document with a one-word change to exercise near-duplicate detection.
     write_docs(root, {"z.md": texts[0].replace("UE", "gNB", 1)})
-    chunk = {"max_chars": budget[0], "overlap_chars": budget[1], "min_chars": budget[2]}
+    chunk = {"max_chars": budget[0], "overlap_chars": budget[1], "min_chars": budget[2], "clause_headings": True,
+             "mark_boilerplate": True}
     assert_same(root, chunk=chunk,
                 filters={"min_chars": 0, "min_words": 1, "min_alpha_ratio": 0.0, "max_table_density": 1.0},
                 dedup={"exact": True, "near": True, "shingle_size": 2, "num_perm": 32, "bands": 16,

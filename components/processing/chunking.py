@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.processing.config import ChunkConfig
+from components.processing.structure import (BODY_START, BOILERPLATE, ascii_lower, bare_title, clause_number,
+                                             is_heading)
 
 HEADING, TABLE, PARAGRAPH = "heading", "table", "paragraph"
 
@@ -15,6 +17,7 @@ HEADING, TABLE, PARAGRAPH = "heading", "table", "paragraph"
 class Section:
     heading: str
     path: tuple[str, ...]
+    kind: str = "body"
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,62 @@ def heading_level(line: str) -> int | None:
     return None
 
 
-def units(doc: str) -> tuple[list[Section], list[Unit]]:
+class Numbering:
+    """The clause numbering seen so far, for the plausibility guard on plain headings."""
+
+    def __init__(self) -> None:
+        self.top = 0
+        self.in_annex = False
+
+    def advance(self, title: str) -> None:
+        number = clause_number(title)
+        if number is None:
+            return
+        if number[0] == "annex":
+            self.in_annex = True
+        else:
+            self.top = number[1]
+
+    def plausible(self, line: str, level: int) -> bool:
+        number = clause_number(line)
+        if number is None or number[0] == "annex":
+            return True
+        n = number[1]
+        if self.in_annex or n > self.top + 3:
+            return False
+        return n > self.top if level == 1 else n >= self.top
+
+
+def plain_heading(line: str, following: str, numbering: Numbering) -> int:
+    """Level of a plain (non-'#') heading line in context, 0 if it is none."""
+    if not line or line[0] in "#|":
+        return 0
+    level = is_heading(line, following)
+    return level if level and numbering.plausible(line, level) else 0
+
+
+def units(doc: str, cfg: ChunkConfig | None = None) -> tuple[list[Section], list[Unit]]:
+    plain = cfg is not None and cfg.clause_headings
     sections = [Section("", ())]
     stack: list[tuple[int, str]] = []
     out: list[Unit] = []
     open_unit: Unit | None = None
+    numbering = Numbering()
+    lines = doc.split("\n")
+    following = [""] * len(lines)  # the next non-empty line after each line
+    nxt = ""
+    for i in range(len(lines) - 1, -1, -1):
+        following[i] = nxt
+        if lines[i]:
+            nxt = lines[i]
     pos = 0
-    for line in doc.split("\n"):
+    for i, line in enumerate(lines):
         start, end = pos, pos + len(line)
         pos = end + 1
         level = heading_level(line) if line else None
+        title = line[level + 1:] if level is not None else line
+        if level is None and plain:
+            level = plain_heading(line, following[i], numbering) or None
         if not line or level is not None:
             if open_unit:
                 out.append(open_unit)
@@ -57,10 +106,11 @@ def units(doc: str) -> tuple[list[Section], list[Unit]]:
         if not line:
             continue
         if level is not None:
+            numbering.advance(title)
             while stack and stack[-1][0] >= level:
                 stack.pop()
-            stack.append((level, line[level + 1:]))
-            sections.append(Section(stack[-1][1], tuple(title for _, title in stack)))
+            stack.append((level, title))
+            sections.append(Section(stack[-1][1], tuple(t for _, t in stack)))
             out.append(Unit(HEADING, start, end, len(sections) - 1))
             continue
         kind = TABLE if line.startswith("|") else PARAGRAPH
@@ -72,7 +122,26 @@ def units(doc: str) -> tuple[list[Section], list[Unit]]:
             open_unit = Unit(kind, start, end, len(sections) - 1)
     if open_unit:
         out.append(open_unit)
+    if cfg is not None and cfg.mark_boilerplate:
+        sections = mark_kinds(sections)
     return sections, out
+
+
+def mark_kinds(sections: list[Section]) -> list[Section]:
+    """boilerplate: a title on the path is a legal/front-page title; front_matter: before the
+    first `Foreword` or `Scope` heading (when there is one); else body."""
+    body_start = next((i for i, s in enumerate(sections) if i and ascii_lower(bare_title(s.heading)) in BODY_START),
+                      None)
+    out = []
+    for i, s in enumerate(sections):
+        if any(ascii_lower(bare_title(t)) in BOILERPLATE for t in s.path):
+            kind = "boilerplate"
+        elif body_start is not None and i < body_start:
+            kind = "front_matter"
+        else:
+            kind = "body"
+        out.append(Section(s.heading, s.path, kind))
+    return out
 
 
 def split_long(doc: str, units_: list[Unit], max_chars: int) -> list[Unit]:
@@ -116,7 +185,7 @@ def chunk(doc: str, cfg: ChunkConfig) -> tuple[list[Section], list[Span]]:
     """Greedy packing: a unit joins the open chunk while the chunk fits ``max_chars``; a
     heading closes the open chunk once it holds ``min_chars``. A chunk is labelled with the
     section that holds most of its content (non-heading) chars, the earliest on ties."""
-    sections, us = units(doc)
+    sections, us = units(doc, cfg)
     us = split_long(doc, us, cfg.max_chars - cfg.overlap_chars)
     spans: list[Span] = []
     start = end = first_section = 0
@@ -141,7 +210,8 @@ def chunk(doc: str, cfg: ChunkConfig) -> tuple[list[Section], list[Span]]:
             open_at(u.start, u)
             is_open = True
             continue
-        heading_break = u.kind == HEADING and end - start >= cfg.min_chars
+        heading_break = u.kind == HEADING and (end - start >= cfg.min_chars
+                                               or sections[u.section].kind != sections[us[i - 1].section].kind)
         if not heading_break and u.end - start <= cfg.max_chars:
             end = u.end
             count(u)

@@ -23,12 +23,16 @@ class NormalizeConfig(_Strict):
     nfc: bool
     strip_page_furniture: bool
     strip_toc: bool
+    strip_toc_block: bool
+    reflow: bool
 
 
 class ChunkConfig(_Strict):
     max_chars: int = Field(ge=1)
     overlap_chars: int = Field(ge=0)
     min_chars: int = Field(ge=0)
+    clause_headings: bool
+    mark_boilerplate: bool
 
     @model_validator(mode="after")
     def _budget(self) -> "ChunkConfig":

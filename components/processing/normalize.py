@@ -5,11 +5,14 @@ import re
 import unicodedata
 
 from components.processing.config import NormalizeConfig
+from components.processing.structure import BARE_NUMBER, CONTENTS, ascii_lower, heading_form, joins, toc_key
 
 # The same patterns as rust/src/normalize.rs; ASCII classes only, so both regex engines agree.
 FURNITURE = re.compile(
     r"(?:(?:3GPP|ETSI) T[SR] [0-9]{2,3}[ .][0-9]{3}(?:-[0-9]{1,2})? V[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,2}"
     r" \([0-9]{4}-[0-9]{2}\)(?: [0-9]{1,4})?|Release [0-9]{1,2}(?: [0-9]{1,4})?|[0-9]{1,4}"
+    r"|(?:3GPP|ETSI) T[SR] [0-9]{2,3}[ .][0-9]{3}(?:-[0-9]{1,2})? version [0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,2}"
+    r" Release [0-9]{1,2}(?: [0-9]{1,4})?"
     r"|Page [0-9]{1,4}(?: of [0-9]{1,4})?|3GPP|ETSI)"
 )
 TOC = re.compile(
@@ -30,6 +33,78 @@ def _dropped(line: str, cfg: NormalizeConfig) -> bool:
                 or (cfg.strip_toc and TOC.fullmatch(line)))
 
 
+def is_prose(line: str) -> bool:
+    """Ends with '.' and holds a char other than '.', ' ' and digits (a sentence, not a leader)."""
+    return line[-1] == "." and bool(line.strip(". 0123456789"))
+
+
+def toc_end(lines: list[str], c: int) -> int | None:
+    """End (exclusive) of the table of contents opened by the `Contents` line ``lines[c]``: the
+    first entry-like line whose key repeats an earlier entry's (the body's first heading), if
+    the lines before it hold at most one prose line per four TOC-like lines; else None."""
+    seen: set[str] = set()
+    toclike = prose = 0
+    for j in range(c + 1, len(lines)):
+        line = lines[j]
+        if not line:
+            continue
+        if line[0] == "#":
+            return None
+        key = toc_key(line)
+        if key and heading_form(key):
+            if key in seen:
+                return j if 4 * prose <= toclike else None
+            seen.add(key)
+            toclike += 1
+        elif BARE_NUMBER.fullmatch(line) or FURNITURE.fullmatch(line) or TOC.fullmatch(line):
+            toclike += 1
+        elif is_prose(line):
+            prose += 1
+    return None
+
+
+def strip_toc_block(lines: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if ascii_lower(lines[i]) in CONTENTS:
+            end = toc_end(lines, i)
+            if end is not None:
+                i = end
+                continue
+        out.append(lines[i])
+        i += 1
+    return out
+
+
+def reflow(lines: list[str]) -> list[str]:
+    """Joins hard-wrapped lines (structure.joins) with a space, across empty lines."""
+    nonempty = [i for i, line in enumerate(lines) if line]
+    out: list[str] = []
+    last = -1  # index in out of the last non-empty line
+    for k, i in enumerate(nonempty):
+        following = lines[nonempty[k + 1]] if k + 1 < len(nonempty) else ""
+        line = lines[i]
+        if last >= 0 and joins(out[last], line, following):
+            del out[last + 1:]
+            out[last] += " " + line
+        else:
+            out.extend(lines[nonempty[k - 1] + 1:i] if k else lines[:i])
+            out.append(line)
+            last = len(out) - 1
+    return out
+
+
+def collapse(lines: list[str]) -> str:
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out)
+
+
 def normalize(raw: str, cfg: NormalizeConfig) -> str:
     text = raw.replace("\r\n", "\n").replace("\r", "\n").translate(_MAP)
     if cfg.nfc:
@@ -43,4 +118,10 @@ def normalize(raw: str, cfg: NormalizeConfig) -> str:
             lines.append(line)
     while lines and not lines[-1]:
         lines.pop()
-    return "\n".join(lines)
+    if not (cfg.strip_toc_block or cfg.reflow):
+        return "\n".join(lines)
+    if cfg.strip_toc_block:
+        lines = strip_toc_block(lines)
+    if cfg.reflow:
+        lines = reflow(lines)
+    return collapse(lines)

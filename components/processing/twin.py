@@ -34,7 +34,7 @@ def chunk_document(doc_id: str, text: str, cfg: ProcessConfig) -> list[dict[str,
         out.append({
             "id": f"{doc_id}#{index}", "doc_id": doc_id, "index": index,
             "section_path": list(section.path), "heading": section.heading,
-            "start": sp.start, "end": sp.end, "text": body,
+            "kind": section.kind, "start": sp.start, "end": sp.end, "text": body,
             **signals(body, cfg.chunk.max_chars),
         })
     return out

@@ -1,5 +1,6 @@
 //! Heading-aware chunking (SPEC.md, "Chunk"). Offsets are in Unicode code points.
 use crate::config::ChunkConfig;
+use crate::structure::{bare_title, clause_number, in_set_ascii_ci, is_heading, ClauseNumber, BODY_START, BOILERPLATE};
 
 /// A normalized document, indexable by code point. ASCII documents (the common case) index
 /// the bytes directly; others keep the chars and each char's byte offset.
@@ -82,10 +83,22 @@ pub struct Unit {
     pub section: usize,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Section {
     pub heading: String,
     pub path: Vec<String>,
+    /// `body`, `front_matter` or `boilerplate` (SPEC.md, "Chunk kinds").
+    pub kind: &'static str,
+}
+
+impl Default for Section {
+    fn default() -> Self {
+        Section {
+            heading: String::new(),
+            path: Vec::new(),
+            kind: "body",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -113,34 +126,103 @@ fn heading_level(d: &Doc, s: usize, e: usize) -> Option<usize> {
     }
 }
 
+/// The clause numbering seen so far, for the plausibility guard on plain headings.
+#[derive(Default)]
+struct Numbering {
+    top: u32,
+    in_annex: bool,
+}
+
+impl Numbering {
+    fn advance(&mut self, title: &str) {
+        match clause_number(title) {
+            Some(ClauseNumber::Annex) => self.in_annex = true,
+            Some(ClauseNumber::Num(n)) => self.top = n,
+            None => {}
+        }
+    }
+    fn plausible(&self, line: &str, level: usize) -> bool {
+        match clause_number(line) {
+            Some(ClauseNumber::Num(n)) => {
+                !self.in_annex && n <= self.top + 3 && if level == 1 { n > self.top } else { n >= self.top }
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The first char of the next non-empty line after the line ending at `e` ("" if none).
+fn following<'a>(d: &Doc<'a>, e: usize) -> &'a str {
+    let n = d.len();
+    let mut i = e;
+    while i < n && d.at(i) == NL {
+        i += 1;
+    }
+    if i < n {
+        d.str(i, i + 1)
+    } else {
+        ""
+    }
+}
+
+/// Level of a plain (non-'#') heading line [s, e) in context, 0 if it is none.
+fn plain_heading(d: &Doc, s: usize, e: usize, numbering: &Numbering) -> usize {
+    // Cheap pre-test: every plain heading starts with an ASCII letter or digit.
+    if !char::from_u32(d.at(s)).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return 0;
+    }
+    let line = d.str(s, e);
+    let level = is_heading(line, following(d, e));
+    if level != 0 && numbering.plausible(line, level) {
+        level
+    } else {
+        0
+    }
+}
+
 /// Splits the document into heading, table and paragraph units, tracking the section path.
-pub fn units(d: &Doc) -> (Vec<Section>, Vec<Unit>) {
+pub fn units(d: &Doc, cfg: &ChunkConfig) -> (Vec<Section>, Vec<Unit>) {
     let mut sections = vec![Section::default()];
     let mut stack: Vec<(usize, String)> = Vec::new();
     let mut current = 0usize;
     let mut out: Vec<Unit> = Vec::new();
+    let mut numbering = Numbering::default();
     let n = d.len();
     let mut s = 0;
     // `open` is the paragraph/table unit being extended by consecutive lines.
     let mut open: Option<Unit> = None;
     while s <= n {
         let e = if s < n { d.line_end(s) } else { n };
+        let heading = if e == s {
+            None
+        } else if let Some(level) = heading_level(d, s, e) {
+            Some((level, s + level + 1))
+        } else if cfg.clause_headings {
+            match plain_heading(d, s, e, &numbering) {
+                0 => None,
+                level => Some((level, s)),
+            }
+        } else {
+            None
+        };
         if e == s {
             if let Some(u) = open.take() {
                 out.push(u);
             }
-        } else if let Some(level) = heading_level(d, s, e) {
+        } else if let Some((level, title_start)) = heading {
             if let Some(u) = open.take() {
                 out.push(u);
             }
             while stack.last().is_some_and(|(l, _)| *l >= level) {
                 stack.pop();
             }
-            let title = d.slice(s + level + 1, e);
+            let title = d.slice(title_start, e);
+            numbering.advance(&title);
             stack.push((level, title.clone()));
             sections.push(Section {
                 heading: title,
                 path: stack.iter().map(|(_, t)| t.clone()).collect(),
+                kind: "body",
             });
             current = sections.len() - 1;
             out.push(Unit {
@@ -171,7 +253,30 @@ pub fn units(d: &Doc) -> (Vec<Section>, Vec<Unit>) {
     if let Some(u) = open.take() {
         out.push(u);
     }
+    if cfg.mark_boilerplate {
+        mark_kinds(&mut sections);
+    }
     (sections, out)
+}
+
+/// boilerplate: a title on the path is a legal/front-page title; front_matter: before the
+/// first `Foreword` or `Scope` heading (when there is one); else body.
+fn mark_kinds(sections: &mut [Section]) {
+    let body_start = sections
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, s)| in_set_ascii_ci(bare_title(&s.heading), &BODY_START))
+        .map(|(i, _)| i);
+    for (i, s) in sections.iter_mut().enumerate() {
+        s.kind = if s.path.iter().any(|t| in_set_ascii_ci(bare_title(t), &BOILERPLATE)) {
+            "boilerplate"
+        } else if body_start.is_some_and(|b| i < b) {
+            "front_matter"
+        } else {
+            "body"
+        };
+    }
 }
 
 /// Splits paragraphs longer than `max` at the last space or newline that keeps a piece at
@@ -285,7 +390,7 @@ impl Open {
 
 /// Packs units greedily into chunks (SPEC.md, "Chunk").
 pub fn chunk(d: &Doc, cfg: &ChunkConfig) -> (Vec<Section>, Vec<Span>) {
-    let (sections, units) = units(d);
+    let (sections, units) = units(d, cfg);
     let units = split_long(d, units, cfg.max_chars - cfg.overlap_chars);
     let mut spans = Vec::new();
     let mut cur: Option<Open> = None;
@@ -293,7 +398,9 @@ pub fn chunk(d: &Doc, cfg: &ChunkConfig) -> (Vec<Section>, Vec<Span>) {
         match cur.as_mut() {
             None => cur = Some(Open::new(u.start, u)),
             Some(c) => {
-                let heading_break = u.kind == Kind::Heading && c.end - c.start >= cfg.min_chars;
+                let heading_break = u.kind == Kind::Heading
+                    && (c.end - c.start >= cfg.min_chars
+                        || sections[u.section].kind != sections[units[i - 1].section].kind);
                 if !heading_break && u.end - c.start <= cfg.max_chars {
                     c.end = u.end;
                     c.count(u);
@@ -324,6 +431,8 @@ mod tests {
             max_chars: max,
             overlap_chars: overlap,
             min_chars: min,
+            clause_headings: true,
+            mark_boilerplate: true,
         }
     }
 

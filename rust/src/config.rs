@@ -24,6 +24,8 @@ pub struct NormalizeConfig {
     pub nfc: bool,
     pub strip_page_furniture: bool,
     pub strip_toc: bool,
+    pub strip_toc_block: bool,
+    pub reflow: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +34,8 @@ pub struct ChunkConfig {
     pub max_chars: usize,
     pub overlap_chars: usize,
     pub min_chars: usize,
+    pub clause_headings: bool,
+    pub mark_boilerplate: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

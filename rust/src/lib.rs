@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod error;
 pub mod normalize;
 pub mod signals;
+pub mod structure;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -25,6 +26,7 @@ pub struct Chunk<'a> {
     pub index: usize,
     pub section_path: &'a [String],
     pub heading: &'a str,
+    pub kind: &'a str,
     pub start: usize,
     pub end: usize,
     pub text: &'a str,
@@ -291,6 +293,7 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
             index: p.index,
             section_path: &section.path,
             heading: &section.heading,
+            kind: section.kind,
             start: p.start,
             end: p.end,
             text: p.text,

@@ -3,9 +3,11 @@ use regex::Regex;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::config::NormalizeConfig;
+use crate::structure::{heading_form, in_set_ascii_ci, is_bare_number, joins, toc_key, CONTENTS};
 
-/// Page headers and footers of 3GPP/ETSI documents, and bare page numbers.
-pub const FURNITURE: &str = r"^(?:(?:3GPP|ETSI) T[SR] [0-9]{2,3}[ .][0-9]{3}(?:-[0-9]{1,2})? V[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,2} \([0-9]{4}-[0-9]{2}\)(?: [0-9]{1,4})?|Release [0-9]{1,2}(?: [0-9]{1,4})?|[0-9]{1,4}|Page [0-9]{1,4}(?: of [0-9]{1,4})?|3GPP|ETSI)$";
+/// Page headers and footers of 3GPP/ETSI documents (`ETSI TS 137 324 V19.0.0 (2025-10)`,
+/// `3GPP TS 37.324 version 19.0.0 Release 19`), and bare page numbers.
+pub const FURNITURE: &str = r"^(?:(?:3GPP|ETSI) T[SR] [0-9]{2,3}[ .][0-9]{3}(?:-[0-9]{1,2})? V[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,2} \([0-9]{4}-[0-9]{2}\)(?: [0-9]{1,4})?|(?:3GPP|ETSI) T[SR] [0-9]{2,3}[ .][0-9]{3}(?:-[0-9]{1,2})? version [0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,2} Release [0-9]{1,2}(?: [0-9]{1,4})?|Release [0-9]{1,2}(?: [0-9]{1,4})?|[0-9]{1,4}|Page [0-9]{1,4}(?: of [0-9]{1,4})?|3GPP|ETSI)$";
 
 /// Table-of-contents lines: a clause number glued to its title glued to a page number
 /// (`4.2.1SDAP structure7`), front-matter entries (`Foreword5`), annexes, dotted leaders.
@@ -138,7 +140,95 @@ impl Normalizer {
             r = e + 1;
         }
         b.truncate(w);
-        String::from_utf8(b).expect("normalization keeps UTF-8")
+        let doc = String::from_utf8(b).expect("normalization keeps UTF-8");
+        if self.cfg.strip_toc_block || self.cfg.reflow {
+            self.structure(doc)
+        } else {
+            doc
+        }
+    }
+
+    /// Ends with '.' and holds a char other than '.', ' ' and digits.
+    fn is_prose(line: &str) -> bool {
+        line.ends_with('.') && line.bytes().any(|c| !matches!(c, b'.' | b' ' | b'0'..=b'9'))
+    }
+
+    fn is_contents(line: &str) -> bool {
+        line.len() <= 17 && in_set_ascii_ci(line, &CONTENTS)
+    }
+
+    /// End (exclusive) of the table of contents opened by the `Contents` line `lines[c]`.
+    fn toc_end(&self, lines: &[&str], c: usize) -> Option<usize> {
+        let mut seen: std::collections::HashSet<&str> = Default::default();
+        let (mut toclike, mut prose) = (0usize, 0usize);
+        for (j, &line) in lines.iter().enumerate().skip(c + 1) {
+            if line.is_empty() {
+                continue;
+            }
+            if line.as_bytes()[0] == b'#' {
+                return None;
+            }
+            let key = toc_key(line);
+            if !key.is_empty() && heading_form(key) != 0 {
+                if seen.contains(key) {
+                    return (4 * prose <= toclike).then_some(j);
+                }
+                seen.insert(key);
+                toclike += 1;
+            } else if is_bare_number(line) || self.furniture.is_match(line) || self.toc.is_match(line) {
+                toclike += 1;
+            } else if Self::is_prose(line) {
+                prose += 1;
+            }
+        }
+        None
+    }
+
+    /// Steps 7-9 of SPEC.md "Normalize": TOC blocks, reflow, blank-line collapse.
+    fn structure(&self, doc: String) -> String {
+        let all: Vec<&str> = doc.split('\n').collect();
+        let mut lines: Vec<&str> = Vec::with_capacity(all.len());
+        if self.cfg.strip_toc_block && all.iter().any(|l| Self::is_contents(l)) {
+            let mut i = 0;
+            while i < all.len() {
+                if Self::is_contents(all[i]) {
+                    if let Some(e) = self.toc_end(&all, i) {
+                        i = e;
+                        continue;
+                    }
+                }
+                lines.push(all[i]);
+                i += 1;
+            }
+        } else if !self.cfg.reflow {
+            return doc;
+        } else {
+            lines = all;
+        }
+        let mut o = String::with_capacity(doc.len());
+        let mut acc = usize::MAX; // start in `o` of the last line written (MAX: none yet)
+        let mut pending_blank = false;
+        for (i, &line) in lines.iter().enumerate() {
+            if line.is_empty() {
+                pending_blank = true;
+                continue;
+            }
+            let following = || lines[i + 1..].iter().copied().find(|l| !l.is_empty()).unwrap_or("");
+            if self.cfg.reflow && acc != usize::MAX && joins(&o[acc..], line, following) {
+                o.push(' ');
+            } else {
+                if acc != usize::MAX {
+                    o.push('\n');
+                    if pending_blank {
+                        o.push('\n');
+                    }
+                }
+                acc = o.len();
+            }
+            o.push_str(line);
+            pending_blank = false;
+        }
+        o
     }
 }
 
@@ -146,13 +236,61 @@ impl Normalizer {
 mod tests {
     use super::*;
 
-    fn norm(s: &str) -> String {
+    fn norm_with(s: &str, structure: bool) -> String {
         Normalizer::new(&NormalizeConfig {
             nfc: true,
             strip_page_furniture: true,
             strip_toc: true,
+            strip_toc_block: structure,
+            reflow: structure,
         })
         .normalize(s)
+    }
+
+    fn norm(s: &str) -> String {
+        norm_with(s, false)
+    }
+
+    #[test]
+    fn drops_docling_page_furniture_and_joins_across_it() {
+        let text = "The entity shall deliver the packets to\n\nETSI TS 137 999 V19.0.0 (2025-10)\n\n12\n\n\
+                    3GPP TS 37.999 version 19.0.0 Release 19\n\nthe lower layers.\n\nNext paragraph.";
+        assert_eq!(
+            norm_with(text, true),
+            "The entity shall deliver the packets to the lower layers.\n\nNext paragraph."
+        );
+        assert_eq!(
+            norm_with("3GPP TR 38.999 version 18.1.0 Release 18\nText.", false),
+            "Text."
+        );
+    }
+
+    #[test]
+    fn drops_a_contents_block_up_to_the_repeated_heading() {
+        let text = "Cover title\n\nContents\n\nForeword\n\n........ 5\n\n1 Scope\n\n........ 6\n\n\
+                    4.2.1 FAP structure 7\n\n6.2.3.1\n\n6.2.3.2\n\nForeword\n\nThis document was produced.\n\n\
+                    1 Scope\n\nThe scope.";
+        assert_eq!(
+            norm_with(text, true),
+            "Cover title\n\nForeword\n\nThis document was produced.\n\n1 Scope\n\nThe scope."
+        );
+        // Prose after a stray "Contents" line: not a TOC, nothing dropped.
+        let prose = "Contents\n\nThe message carries a list.\n\nEach entry holds a value.\n\nForeword\n\n\
+                     1 Scope\n\nForeword";
+        assert_eq!(norm_with(prose, true), prose);
+    }
+
+    #[test]
+    fn reflow_keeps_blocks_apart() {
+        let text = "The UE shall send the\n\nmessage when the timer\n\nexpires.\n\n- the first item\n\n\
+                    continues here;\n\nNOTE: a note\n\nFigure 5.1-1: A figure\n\n| a | b |\n\n5.2 Timers\n\n\
+                    SDAP Service Data Adaptation Protocol\n\nQFI QoS Flow Identifier";
+        assert_eq!(
+            norm_with(text, true),
+            "The UE shall send the message when the timer expires.\n\n- the first item continues here;\n\n\
+             NOTE: a note\n\nFigure 5.1-1: A figure\n\n| a | b |\n\n5.2 Timers\n\n\
+             SDAP Service Data Adaptation Protocol\n\nQFI QoS Flow Identifier"
+        );
     }
 
     #[test]
@@ -182,6 +320,8 @@ mod tests {
             nfc: false,
             strip_page_furniture: false,
             strip_toc: false,
+            strip_toc_block: false,
+            reflow: false,
         });
         assert_eq!(
             n.normalize("Release 17\n4.2.1SDAP structure7"),

@@ -7,8 +7,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_ericsson-dataset-pipeline");
 fn config(dir: &Path, threads: usize, extra: &str) -> std::path::PathBuf {
     let yaml = format!(
         "engine: rust\ntimeout_s: 60\nthreads: {threads}\ninput_dir: {}\noutput_path: {}\n\
-         normalize: {{nfc: true, strip_page_furniture: true, strip_toc: true}}\n\
-         chunk: {{max_chars: 400, overlap_chars: 40, min_chars: 50}}\n\
+         normalize: {{nfc: true, strip_page_furniture: true, strip_toc: true, strip_toc_block: true, reflow: true}}\n\
+         chunk: {{max_chars: 400, overlap_chars: 40, min_chars: 50, clause_headings: true, mark_boilerplate: true}}\n\
          dedup: {{exact: true, near: true, shingle_size: 3, num_perm: 64, bands: 16, threshold: 0.7, seed: 1}}\n\
          filters: {{min_chars: 10, min_words: 2, min_alpha_ratio: 0.1, max_table_density: 1.0}}\n{extra}",
         dir.join("documents").display(),
@@ -82,4 +82,32 @@ fn missing_input_dir_is_a_json_input_error() {
     assert_eq!(out.status.code(), Some(1));
     let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["kind"], "input");
+}
+
+#[test]
+fn printed_layout_gets_sections_and_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    let body = "The frobnicator entity shall deliver each packet to\n\nthe lower layer entity when the timer expires.\n\n";
+    let text = format!(
+        "Frobnicator protocol specification\n\nImportant notice\n\nThe present document may be copied freely by anyone.\n\n\
+         Foreword\n\nThis specification was produced by a working group of volunteers.\n\n\
+         1 Scope\n\n{}4 General\n\n4.1 Overview\n\n{}",
+        body.repeat(3),
+        "Each access node keeps a counter for\n\nevery configured bearer and resets it at handover.\n\n".repeat(3)
+    );
+    std::fs::write(docs.join("p.md"), text).unwrap();
+    let out = Command::new(BIN).arg(config(dir.path(), 1, "")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("chunks1.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"boilerplate") && kinds.contains(&"body"), "{kinds:?}");
+    let last = rows.last().unwrap();
+    assert_eq!(last["section_path"], serde_json::json!(["4 General", "4.1 Overview"]));
+    assert!(last["text"].as_str().unwrap().contains("keeps a counter for every configured bearer"));
 }
