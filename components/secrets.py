@@ -20,8 +20,9 @@ _SECRET_WORDS = ("api_key", "apikey", "api-key", "token", "secret", "password", 
                  "authorization", "credentials", "credential", "access_key", "secret_key",
                  "private_key", "client_secret", "bearer")
 _SECRET_KEY = re.compile(r"(?:^|[_\-.])(" + "|".join(map(re.escape, _SECRET_WORDS)) + r")$", re.I)
-# scheme://user:password@host or scheme://token@host
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<info>[^\s/@:]+(?::[^\s/@]*)?)@")
+# scheme://user:password@host or scheme://token@host; Hydra echoes overrides with ``:`` escaped.
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*\\?://)(?P<info>[^\s/@:\\]+(?:\\?:[^\s/@]*)?)@")
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&;](?:[\w\-]*(?:key|token|secret|password|passwd|sig|signature|auth)[\w\-]*)=)"
     r"(?P<value>[^&#\s'\"]+)", re.I)
@@ -93,7 +94,11 @@ def secret_values(obj: Any) -> set[str]:
         if is_secret_key(k) and len(v) >= 4:
             found.add(v)
         for m in _URL_USERINFO.finditer(v):
-            found.update(p for p in m["info"].split(":", 1) if len(p) >= 4)
+            # user:password -> the password; a lone token -> the token (a user name alone is
+            # no secret, and scrubbing a word like "admin" everywhere would mangle logs)
+            secret = m["info"].rsplit(":", 1)[-1].rstrip("\\")
+            if len(secret) >= 4:
+                found.add(secret)
         found.update(m["value"] for m in _QUERY_SECRET.finditer(v))
     return found
 

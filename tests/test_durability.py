@@ -138,11 +138,10 @@ def test_a_killed_run_left_running_is_closed_by_the_next_run(tmp_path, env):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_convert_stops_within_seconds_and_the_rerun_redoes_nothing(tmp_path, env, sig):
-    sys.path.insert(0, str(REPO / "tests"))
-    from fixtures.etsi_layout import generate
+    from tests.fixtures.etsi_layout import write_corpus
 
     corpus = tmp_path / "corpus"
-    generate(corpus)
+    write_corpus(corpus)
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     args = [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", f"corpus.path={corpus}",
             "stages=[convert]", "docling.workers=1"]
