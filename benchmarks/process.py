@@ -32,7 +32,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from components.processing import process_config, rust, twin, write_config  # noqa: E402
 from components.processing.normalize import normalize  # noqa: E402
 from components.processing.signals import words  # noqa: E402
-from components.processing.synthetic import generate  # noqa: E402
+from tests.fixtures.synthetic import generate  # noqa: E402
 
 
 def config(docs: Path, out: Path, **overrides):

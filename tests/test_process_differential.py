@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.processing import rust, twin, write_config
-from components.processing.synthetic import generate
+from tests.fixtures.synthetic import generate
 from tests.test_process import SPEC_DOC, binary, cfg_for, write_docs  # noqa: F401 (fixture)
 
 DETERMINISTIC = ("documents", "documents_failed", "bytes_in", "chunks_total", "chunks_filtered",

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -150,9 +150,6 @@ class SpecResult:
     bytes: int = 0  # bytes transferred this time
     error: str | None = None
     offline: bool = False  # failed because the archive could not be reached at all
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------- the downloader
