@@ -312,33 +312,34 @@ except Interrupted as e:
                                 stderr=subprocess.STDOUT, text=True)
 
     def run_until_step(p, at):
-        out = []
+        out, steps = [], []
         for line in p.stdout:
             out.append(line)
-            if line.startswith("STEP") and int(line.split()[1]) >= at:
-                return int(line.split()[1]), out
+            if line.startswith("STEP"):
+                steps.append(int(line.split()[1]))
+                if steps[-1] >= at:
+                    return steps, out
         raise AssertionError("".join(out))
 
     stopped_at = 0
     for sig in (signal.SIGINT, signal.SIGTERM):
         p = start()
-        step, out = run_until_step(p, stopped_at + 4)
-        assert stopped_at == 0 or step == stopped_at + 2  # resumed, not from zero
+        steps, out = run_until_step(p, stopped_at + 4)
+        assert steps[0] == stopped_at + 2  # resumed from the checkpoint, not from zero
         t0 = time.perf_counter()
         p.send_signal(sig)
         rest = p.communicate(timeout=60)[0]
         assert p.returncode == 130, "".join(out) + rest
         assert time.perf_counter() - t0 < 5
-        assert "Traceback" not in rest and "STOPPED training stopped at step" in rest
+        assert "Traceback" not in rest and "STOPPED finetune: training stopped at step" in rest
         stopped_at = json.loads((run_dir / "adapters.checkpoint" / "checkpoint.json").read_text())["step"]
-        assert stopped_at >= step
+        assert stopped_at >= steps[-1]
     assert not (run_dir / "adapters").exists()
 
 
 @pytest.mark.slow
 def test_export_ollama_writes_a_fused_model_that_loads_and_generates(trained):
     import mlx.core as mx
-    from mlx_lm import generate
 
     from components.training import lora
 
@@ -350,13 +351,16 @@ def test_export_ollama_writes_a_fused_model_that_loads_and_generates(trained):
     record = json.loads((run_dir / "export" / "export.json").read_text())
     assert record["command"] == f"ollama create telecom-smollm2-135m -f {fused / 'Modelfile'}"
     model, tok = lora.load(fused)
-    text = generate(model, tok, prompt="In 3GPP terminology, what does AMF stand for?", max_tokens=8)
+    prompt = [{"role": "system", "content": SYSTEM},
+              {"role": "user", "content": "In 3GPP terminology, what does AMF stand for?"}]
+    text = lora.generate_answers(model, tok, [prompt], 12)[0]
     assert text.strip()
     # Fused weights compute what base + adapters compute.
-    base, _ = lora.load(Path(json.loads((run_dir / "adapters" / "adapter_config.json").read_text())["model"]),
-                        run_dir / "adapters")
+    unfused, _ = lora.load(Path(json.loads((run_dir / "adapters" / "adapter_config.json").read_text())["model"]),
+                           run_dir / "adapters")
+    assert lora.generate_answers(unfused, tok, [prompt], 12)[0] == text
     ids = mx.array([tok.encode("The AMF handles registration.")])
-    assert mx.allclose(model(ids), base(ids), atol=1e-3).item()
+    assert mx.allclose(model(ids), unfused(ids), atol=1e-3).item()
     assert metrics["finetune/exported"] == 1.0
 
 

@@ -126,6 +126,7 @@ def run(ctx: StageContext) -> dict[str, float]:
                          "tuned_reply": rt["reply"], "tuned_choice": rt["lenient"]}
                         for rb, rt in list(zip(b["rows"], t["rows"]))[: cfg.samples]],
             "rows": {"base": b["rows"], "tuned": t["rows"]}}
+    deltas = {k[len("eval/"):-len("_delta")]: v for k, v in m.items() if k.endswith("_delta")}
     # The names earlier runs and sweeps use (optimized_metric: eval/val_loss_after).
     m.update({"eval/val_loss_before": m["eval/valid_loss_base"], "eval/val_loss_after": m["eval/valid_loss_tuned"],
               "eval/val_loss_delta": m["eval/valid_loss_delta"], "eval/val_ppl_after": m["eval/valid_ppl_tuned"],
@@ -135,7 +136,6 @@ def run(ctx: StageContext) -> dict[str, float]:
                 "kind": (r.get("meta") or {}).get("kind"), "base": pb["prediction"], "tuned": pt["prediction"],
                 "f1_base": pb["f1"], "f1_tuned": pt["f1"], "exact_match_base": pb["exact_match"],
                 "exact_match_tuned": pt["exact_match"]} for r, pb, pt in zip(qa_rows, base["qa"], tuned["qa"])]
-    deltas = {k[len("eval/"):-len("_delta")]: v for k, v in m.items() if k.endswith("_delta")}
     write_json(ctx.path("eval.json"), {
         "metrics": m,
         "comparison": {k: {"base": m[f"eval/{k}_base"], "tuned": m[f"eval/{k}_tuned"], "delta": d}
