@@ -105,7 +105,7 @@ def load_teleqna(path: str | Path) -> list[MCQ]:
 
 
 _STRICT = re.compile(r"(?:the\s+)?(?:correct\s+)?(?:answer\s*(?:is)?\s*:?\s*)?(?:option\s*)?\(?([1-9])\)?"
-                     r"(?:\s*[:.)\-]\s*.*)?", re.I | re.S)
+                     r"(?:\s*[:.)\-](?!\d)\s*.*)?", re.I | re.S)
 _NUMBER = re.compile(r"(?:option\s*|\b)([1-9])\b(?![\w.,]*\d)", re.I)
 
 
