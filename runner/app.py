@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Every group that configures a component; each is built once up front so a wrong value fails
 # before any work.
 GROUPS = ["corpus", "acquire", "docling", "process", "service", "extraction", "dataset", "model",
-          "lora", "evaluate"]
+          "lora", "finetune", "evaluate"]
 HANDLED = (StageError, ServiceUnavailable, ModelUnavailable)
 
 

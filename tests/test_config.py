@@ -31,7 +31,7 @@ def test_default_composition_is_offline_embedded(compose):
 @pytest.mark.parametrize("group,expected", [
     ("service", ["embedded", "lmstudio", "ollama", "openai"]),
     ("model", ["gemma3-4b", "llama3.2-1b", "qwen3-1.7b", "smollm2-135m"]),
-    ("hardware", ["auto", "linux-cpu", "m3max"]),
+    ("hardware", ["auto", "linux-cpu", "m3-16gb", "m3max", "m3max-64gb", "m3pro-36gb"]),
 ])
 def test_groups_offer_the_designed_options(group, expected):
     assert options(group) == expected

@@ -1,43 +1,87 @@
-"""mlx-lm LoRA training and evaluation, through mlx-lm's Python API.
+"""mlx-lm LoRA training, through mlx-lm's Python API.
 
-Kept to what mlx-lm does not already do: choosing the fast BLAS before mlx loads, building
-datasets from our split files, writing the adapter directory atomically, and reporting losses
-to the tracker with a ``TrainingCallback``.
+Kept to what mlx-lm does not already do: choosing the fast BLAS before mlx loads, tokenising our
+split files ahead of the loop, fitting batch and rank to the memory available
+(``preflight``), step-aligned reports to the tracker, checkpoints that a rerun resumes from with
+the optimizer's step count, a stop on request between steps, and an adapter directory that
+records what made it (``provenance``) and is published atomically.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from components.files import build_dir
+from components.files import build_dir, file_sha256, hash_path, write_json
 from components.settings import Settings
+from components.training import preflight
 
 log = logging.getLogger(__name__)
 
+# Attention and MLP projections: the LoRA targets for llama, Qwen3 and Gemma 3 blocks alike.
+PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+CHECKPOINT_FORMAT = 1
+
 
 class LoraConfig(Settings):
-    """``lora`` group: mlx-lm LoRA hyperparameters."""
+    """``lora`` group: mlx-lm LoRA hyperparameters. Defaults for rank, batch, accumulation and
+    dtype come from the hardware profile (``${hw.*}`` in conf/lora)."""
 
     rank: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
+    alpha: float | None = Field(None, gt=0)  # scale = alpha / rank; null: alpha = 2 x rank
     dropout: float = Field(0.0, ge=0, lt=1)
-    num_layers: int = Field(8, ge=1)
+    target_modules: list[str] | None = None  # keys inside a block; null: every linear layer
+    num_layers: int = Field(8, ge=-1)  # LoRA on the last N blocks; -1: all
     iters: int = Field(30, ge=1)
+    epochs: float | None = Field(None, gt=0)  # set: overrides iters (passes over train.jsonl)
     batch_size: int = Field(4, ge=1)
+    grad_accumulation_steps: int = Field(1, ge=1)
+    grad_checkpoint: bool = False
     learning_rate: float = Field(5e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)  # optimizer updates of linear warm-up from 0
+    min_learning_rate: float = Field(0.0, ge=0)  # where cosine and linear decay end
     max_seq_length: int = Field(512, ge=16)
     steps_per_report: int = Field(5, ge=1)
-    steps_per_eval: int = Field(15, ge=1)
-    val_batches: int = -1
+    steps_per_eval: int = Field(15, ge=1)  # validation on the first report step at or after
+    steps_per_save: int = Field(10, ge=1)  # checkpoint a rerun resumes from
+    val_batches: int = Field(-1, ge=-1)
     mask_prompt: bool = True
     seed: int = 0
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # weights and compute
+    preflight: bool = True  # fit batch, then rank, to the memory available
+    memory_fraction: float = Field(0.85, gt=0, le=1)  # of the available memory a run may plan for
+
+    @field_validator("num_layers")
+    @classmethod
+    def _layers(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (all) or at least 1")
+        return v
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else 2.0 * self.rank) / self.rank
+
+
+class TrainingStopped(BaseException):
+    """Training stopped on request; the last checkpoint is kept for a rerun to resume from."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"checkpoint at step {step} kept in {checkpoint}" if checkpoint else "no checkpoint yet"
+        super().__init__(f"training stopped at step {step}; {where}; a rerun resumes from it")
 
 
 def import_mlx():
@@ -52,111 +96,380 @@ def import_mlx():
     return mx
 
 
-def load(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None):
+def load(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None, lazy: bool = False):
     import_mlx()
     from mlx_lm import load as mlx_load
 
-    return mlx_load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
+    return mlx_load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None, lazy=lazy)
+
+
+def _cache_dataset_class():
+    from mlx_lm.tuner.datasets import CacheDataset
+
+    class TokenizedDataset(CacheDataset):
+        """Tokenised once, ahead of the training loop; ``itemlen`` is the token count (mlx-lm's
+        counts the keys of the raw row), so batches group examples of similar length."""
+
+        def __init__(self, data) -> None:
+            super().__init__(data)
+            self._lengths = [len(self[i][0]) for i in range(len(data))]
+
+        def itemlen(self, idx: int) -> int:
+            return self._lengths[idx]
+
+        @property
+        def longest(self) -> int:
+            return max(self._lengths, default=0)
+
+        @property
+        def tokens(self) -> int:
+            return sum(self._lengths)
+
+    return TokenizedDataset
 
 
 def dataset(path: Path, tokenizer, mask_prompt: bool):
-    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from mlx_lm.tuner.datasets import ChatDataset
 
     with open(path, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    return CacheDataset(ChatDataset(rows, tokenizer, mask_prompt=mask_prompt))
+    return _cache_dataset_class()(ChatDataset(rows, tokenizer, mask_prompt=mask_prompt))
 
 
-def loss(model, data, batch_size: int, max_seq_length: int) -> float:
+def loss(model, data, batch_size: int, max_seq_length: int, num_batches: int = -1) -> float:
     from mlx_lm.tuner.trainer import evaluate
 
-    return float(evaluate(model=model, dataset=data, batch_size=min(batch_size, len(data)),
-                          num_batches=-1, max_seq_length=max_seq_length))
-
-
-class _Reporter:
-    """mlx-lm TrainingCallback -> tracker metrics named finetune/... per step."""
-
-    def __init__(self, log_metrics: Callable[[dict, int], None]) -> None:
-        self.log_metrics = log_metrics
-        self.last: dict[str, float] = {}
-
-    def on_train_loss_report(self, info: dict) -> None:
-        m = {"finetune/train_loss": info["train_loss"],
-             "finetune/learning_rate": info.get("learning_rate", 0.0),
-             "finetune/tokens_per_second": info.get("tokens_per_second", 0.0),
-             "finetune/peak_memory_gb": info.get("peak_memory", 0.0)}
-        self.last.update(m)
-        self.log_metrics({k: float(v) for k, v in m.items()}, int(info["iteration"]))
-
-    def on_val_loss_report(self, info: dict) -> None:
-        m = {"finetune/val_loss": float(info["val_loss"])}
-        self.last.update(m)
-        self.log_metrics(m, int(info["iteration"]))
-
-
-def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig,
-          log_metrics: Callable[[dict, int], None]) -> dict[str, float]:
-    """Train LoRA adapters into ``out_dir`` (replaced atomically); return final metrics."""
-    mx = import_mlx()
-    import mlx.optimizers as optim
-    from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.trainer import TrainingArgs
-    from mlx_lm.tuner.trainer import train as mlx_train
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    model, tokenizer = load(model_dir)
-    train_set = dataset(data_dir / "train.jsonl", tokenizer, lora.mask_prompt)
-    valid_set = dataset(data_dir / "valid.jsonl", tokenizer, lora.mask_prompt)
-    batch_size = max(1, min(lora.batch_size, len(train_set), len(valid_set)))
-
-    mx.random.seed(lora.seed)
-    model.freeze()
-    num_layers = min(lora.num_layers, len(model.layers))
-    params = {"rank": lora.rank, "scale": lora.alpha / lora.rank, "dropout": lora.dropout}
-    linear_to_lora_layers(model, num_layers, params)
-    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-
-    with build_dir(out_dir) as tmp:
-        args = TrainingArgs(batch_size=batch_size, iters=lora.iters,
-                            val_batches=lora.val_batches, steps_per_report=lora.steps_per_report,
-                            steps_per_eval=lora.steps_per_eval, steps_per_save=10**9,
-                            adapter_file=str(tmp / "adapters.safetensors"),
-                            max_seq_length=lora.max_seq_length)
-        reporter = _Reporter(log_metrics)
-
-        class Callback(TrainingCallback):
-            on_train_loss_report = reporter.on_train_loss_report
-            on_val_loss_report = reporter.on_val_loss_report
-
-        t0 = time.perf_counter()
-        mlx_train(model=model, optimizer=optim.Adam(learning_rate=lora.learning_rate),
-                  train_dataset=train_set, val_dataset=valid_set, args=args,
-                  training_callback=Callback())
-        seconds = time.perf_counter() - t0
-        # What mlx_lm.load(adapter_path=...) needs to rebuild the LoRA layers.
-        (tmp / "adapter_config.json").write_text(json.dumps({
-            "fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params,
-            "model": str(model_dir), "batch_size": batch_size, "iters": lora.iters,
-            "learning_rate": lora.learning_rate}, indent=2))
-    return {"finetune/seconds": round(seconds, 2), "finetune/trainable_params": float(trainable),
-            "finetune/batch_size": float(batch_size), "finetune/iters": float(lora.iters),
-            **{f"{k}_final" if k.endswith("loss") else k: round(v, 5)
-               for k, v in reporter.last.items()}}
-
-
-def generate_answers(model, tokenizer, conversations: list[list[dict]], max_tokens: int) -> list[str]:
-    """Greedy answers to each conversation's prompt (everything but the last message)."""
-    from mlx_lm import generate
-
-    out = []
-    for msgs in conversations:
-        prompt = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True,
-                                               tokenize=False)
-        out.append(generate(model, tokenizer, prompt=prompt, max_tokens=max_tokens, verbose=False))
-    return out
+    return float(evaluate(model=model, dataset=data, batch_size=max(1, min(batch_size, len(data))),
+                          num_batches=num_batches, max_seq_length=max_seq_length))
 
 
 def perplexity(loss_value: float) -> float:
     return math.exp(loss_value) if loss_value < 50 else float("inf")
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+def provenance(lora_cfg: dict, model_cfg: dict, dataset_dir: Path) -> dict:
+    """What made an adapter directory: the declared ``lora`` and ``model`` config and the dataset's
+    content hash. A consumer recomputes it from its own config and compares ``key``."""
+    body = {"lora": lora_cfg, "model": model_cfg, "dataset": hash_path(dataset_dir)}
+    key = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return {**body, "key": key}
+
+
+def provenance_mismatch(adapter_dir: Path, expected: dict) -> str | None:
+    """None when ``adapter_dir`` was made by ``expected``; else what differs, for the message."""
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not (adapter_dir / "adapters.safetensors").is_file() or not cfg_path.is_file():
+        return f"{adapter_dir} holds no finished adapters"
+    try:
+        have = json.loads(cfg_path.read_text(encoding="utf-8")).get("provenance") or {}
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"{cfg_path} is unreadable ({exc})"
+    if have.get("key") == expected["key"]:
+        return None
+    diffs = []
+    for group in ("lora", "model"):
+        a, b = have.get(group) or {}, expected[group]
+        diffs += [f"{group}.{k}: adapters {a.get(k)!r}, config {b.get(k)!r}"
+                  for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if have.get("dataset") != expected["dataset"]:
+        diffs.append("dataset: the adapters were trained on another dataset/")
+    return "; ".join(diffs) or "the adapters record no provenance (made by an older version)"
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """``<adapters>.checkpoint/``: adapter weights, optimizer state and ``checkpoint.json``, which
+    is written last and names the step and the hashes of the other two, so a half-written
+    checkpoint is never resumed from."""
+
+    root: Path
+
+    def save(self, step: int, model, optimizer, key: str) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        tmp = self.root.with_name(self.root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mx.save_safetensors(str(tmp / "adapters.safetensors"),
+                            dict(tree_flatten(model.trainable_parameters())))
+        opt_state = {k: v for k, v in tree_flatten(optimizer.state) if k not in ("step", "learning_rate")}
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+        write_json(tmp / "checkpoint.json", {
+            "format": CHECKPOINT_FORMAT, "step": step, "optimizer_step": int(optimizer.step.item()),
+            "key": key, "sha256": {f: file_sha256(tmp / f) for f in ("adapters.safetensors", "optimizer.safetensors")}})
+        old = self.root.with_name(self.root.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.root.exists():
+            os.replace(self.root, old)
+        os.replace(tmp, self.root)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_info(self, key: str) -> dict | None:
+        """The checkpoint's record when it is complete and was made under ``key``."""
+        for root in (self.root, self.root.with_name(self.root.name + ".old")):  # crash mid-swap
+            try:
+                info = json.loads((root / "checkpoint.json").read_text(encoding="utf-8"))
+                if info.get("format") != CHECKPOINT_FORMAT or info.get("key") != key:
+                    continue
+                if all(file_sha256(root / f) == h for f, h in info["sha256"].items()):
+                    return {**info, "root": root}
+            except (OSError, ValueError, KeyError):
+                continue
+        return None
+
+    def restore(self, info: dict, model, optimizer) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_unflatten
+
+        model.load_weights(str(info["root"] / "adapters.safetensors"), strict=False)
+        optimizer.init(model.trainable_parameters())
+        state = dict(optimizer.state)
+        state.update(tree_unflatten(list(mx.load(str(info["root"] / "optimizer.safetensors")).items())))
+        state["step"] = mx.array(info["optimizer_step"], mx.uint64)
+        optimizer.state = state
+
+    def remove(self) -> None:
+        for suffix in ("", ".old", ".tmp"):
+            shutil.rmtree(self.root.with_name(self.root.name + suffix), ignore_errors=True)
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+def _schedule(lora: LoraConfig, updates: int):
+    from mlx_lm.tuner.utils import build_schedule
+
+    lr, end = lora.learning_rate, lora.min_learning_rate
+    if lora.lr_schedule == "cosine":
+        spec = {"name": "cosine_decay", "arguments": [lr, max(1, updates - lora.warmup_steps), end]}
+    elif lora.lr_schedule == "linear":
+        spec = {"name": "linear_schedule", "arguments": [lr, end, max(1, updates - lora.warmup_steps)]}
+    elif lora.warmup_steps:
+        spec = {"name": "linear_schedule", "arguments": [lr, lr, 1]}  # constant after warm-up
+    else:
+        return lr
+    return build_schedule({**spec, "warmup": lora.warmup_steps})
+
+
+def _available_bytes() -> float:
+    import psutil
+
+    return float(psutil.virtual_memory().available)
+
+
+def _model_config(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
+          log_metrics: Callable[[dict, int], None], prov: dict,
+          cancel: threading.Event | None = None, available_bytes: float | None = None) -> dict[str, float]:
+    """Train LoRA adapters into ``out_dir`` (published atomically); return final metrics.
+
+    Resumes from ``<out_dir>.checkpoint`` when one was made under the same provenance. Raises
+    ``TrainingStopped`` when ``cancel`` is set (after saving a checkpoint), and
+    ``preflight.PreflightError`` when the run cannot fit the memory available.
+    """
+    mx = import_mlx()
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.trainer import TrainingArgs, evaluate
+    from mlx_lm.tuner.trainer import iterate_batches as mlx_batches
+    from mlx_lm.tuner.trainer import train as mlx_train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    cancel = cancel or threading.Event()
+    model, tokenizer = load(model_dir, lazy=True)
+    config = _model_config(model_dir)
+    if lora.dtype != "float32" or config.get("torch_dtype") not in (None, "float32"):
+        model.set_dtype(getattr(mx, lora.dtype))
+    train_set = dataset(data_dir / "train.jsonl", tokenizer, lora.mask_prompt)
+    valid_set = dataset(data_dir / "valid.jsonl", tokenizer, lora.mask_prompt)
+    if not len(train_set) or not len(valid_set):
+        raise preflight.PreflightError(f"{data_dir}: train.jsonl and valid.jsonl must both hold examples")
+    batch = max(1, min(lora.batch_size, len(train_set), len(valid_set)))
+    num_layers = len(model.layers) if lora.num_layers < 0 else min(lora.num_layers, len(model.layers))
+    seq = preflight.padded_length(max(train_set.longest, valid_set.longest), lora.max_seq_length)
+    shape = preflight.shape_of(model, config, lora.target_modules, num_layers)
+    available = _available_bytes() if available_bytes is None else available_bytes
+    budget = available * lora.memory_fraction
+    fit_args = dict(batch=batch, rank=lora.rank, grad_accumulation_steps=lora.grad_accumulation_steps,
+                    seq=seq, num_layers=num_layers, dtype=lora.dtype, grad_checkpoint=lora.grad_checkpoint)
+    plan = (preflight.fit(shape, budget_bytes=budget, **fit_args) if lora.preflight
+            else preflight.Plan(batch, lora.rank, lora.grad_accumulation_steps,
+                                preflight.estimate(shape, batch=batch, seq=seq, rank=lora.rank,
+                                                   num_layers=num_layers, dtype=lora.dtype,
+                                                   grad_checkpoint=lora.grad_checkpoint), budget))
+    for change in plan.changes:
+        log.warning("preflight: %s to fit %.1f GB available", change, available / preflight.GB)
+    est_gb = plan.estimate.gb()
+    log.info("preflight: estimated peak %.2f GB (weights %.2f, LoRA+Adam %.3f, activations %.2f, "
+             "logits %.2f) for batch %d x %d tokens, rank %d; %.1f GB available",
+             est_gb["total"], est_gb["weights"], est_gb["lora"], est_gb["activations"],
+             est_gb["logits"], plan.batch_size, seq, plan.rank, available / preflight.GB)
+
+    iters = lora.iters
+    if lora.epochs is not None:
+        iters = max(1, math.ceil(lora.epochs * len(train_set) / plan.batch_size))
+    accum = plan.grad_accumulation_steps
+    mx.eval(model.parameters())  # materialise the (lazily loaded) weights in the chosen dtype
+    mx.random.seed(lora.seed)
+    model.freeze()
+    params = {"rank": plan.rank, "scale": lora.scale, "dropout": lora.dropout}
+    if lora.target_modules is not None:
+        params["keys"] = list(lora.target_modules)
+    linear_to_lora_layers(model, num_layers, params)
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    if not trainable:
+        raise preflight.PreflightError(f"lora.target_modules: none of {lora.target_modules} is a "
+                                       "linear layer of this model's blocks")
+    optimizer = optim.Adam(learning_rate=_schedule(lora, max(1, iters // accum)))
+
+    # Effective values join the provenance of a checkpoint: a resumed run must continue the same
+    # run, not one with another batch or rank.
+    ckpt = Checkpoint(out_dir.with_name(out_dir.name + ".checkpoint"))
+    run_key = hashlib.sha256(json.dumps([prov["key"], plan.batch_size, plan.rank, accum, iters],
+                                        default=str).encode()).hexdigest()
+    start = 0
+    info = ckpt.load_info(run_key)
+    if info and info["step"] < iters:
+        ckpt.restore(info, model, optimizer)
+        start = info["step"]
+        log.info("finetune: resuming from the checkpoint at step %d of %d (optimizer step %d)",
+                 start, iters, info["optimizer_step"])
+    elif ckpt.root.exists() or ckpt.root.with_name(ckpt.root.name + ".old").exists():
+        log.info("finetune: ignoring %s (another config or incomplete); starting from step 0", ckpt.root)
+        ckpt.remove()
+
+    last: dict[str, float] = {}
+    state = {"saved": start, "last_val": None, "stopped": None}
+
+    def log_at(metrics: dict, step: int) -> None:
+        last.update(metrics)
+        log_metrics({k: float(v) for k, v in metrics.items()}, step)
+
+    def validate(step: int) -> None:
+        val = evaluate(model=model, dataset=valid_set, batch_size=plan.batch_size,
+                       num_batches=lora.val_batches, max_seq_length=lora.max_seq_length,
+                       iterate_batches=mlx_batches)
+        model.train()
+        state["last_val"] = step
+        log_at({"finetune/val_loss": val}, step)
+
+    class Reporter(TrainingCallback):
+        def on_train_loss_report(self, info: dict) -> None:
+            step = start + int(info["iteration"])
+            log_at({"finetune/train_loss": info["train_loss"],
+                    "finetune/learning_rate": info["learning_rate"],
+                    "finetune/iterations_per_second": info["iterations_per_second"],
+                    "finetune/tokens_per_second": info["tokens_per_second"],
+                    "finetune/trained_tokens": info["trained_tokens"],
+                    "finetune/peak_memory_gb": info["peak_memory"]}, step)
+            # Validation on report steps, so both curves share their steps.
+            lv = state["last_val"]
+            if step == iters or lv is None or step - lv >= lora.steps_per_eval:
+                validate(step)
+
+    def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+        inner = mlx_batches(dataset, batch_size, max_seq_length, loop=loop,
+                            seed=lora.seed if loop else seed, comm_group=comm_group)
+        if not loop:  # validation
+            yield from inner
+            return
+        # The same batch order as an uninterrupted run: skip those already trained on.
+        for done, b in enumerate(inner):
+            if done < start:
+                continue
+            # Asked for the next batch: step ``done`` is trained and evaluated.
+            if done > start and done % accum == 0 and done - state["saved"] >= lora.steps_per_save:
+                ckpt.save(done, model, optimizer, run_key)
+                state["saved"] = done
+            if cancel.is_set():
+                if done > state["saved"] and done % accum == 0:
+                    ckpt.save(done, model, optimizer, run_key)
+                    state["saved"] = done
+                state["stopped"] = done
+                return
+            yield b
+
+    if start == 0:
+        state["last_val"] = 0
+        validate(0)  # the base model's validation loss, the curve's origin
+    else:
+        state["last_val"] = start
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    with build_dir(out_dir) as tmp:
+        args = TrainingArgs(batch_size=plan.batch_size, iters=iters - start, val_batches=lora.val_batches,
+                            steps_per_report=lora.steps_per_report, steps_per_eval=10**9,
+                            steps_per_save=10**9, adapter_file=str(tmp / "adapters.safetensors"),
+                            max_seq_length=lora.max_seq_length, grad_checkpoint=lora.grad_checkpoint,
+                            grad_accumulation_steps=accum)
+        if iters - start > 0:
+            np.random.seed(lora.seed)
+            mlx_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
+                      args=args, iterate_batches=batches, training_callback=Reporter())
+        if state["stopped"] is not None:
+            saved = ckpt.root if ckpt.load_info(run_key) else None
+            raise TrainingStopped(state["saved"] if saved else 0, saved)
+        seconds = time.perf_counter() - t0
+        peak = mx.get_peak_memory() / preflight.GB
+        mx.save_safetensors(str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+        training = {
+            "iters": iters, "resumed_from_step": start, "batch_size": plan.batch_size,
+            "rank": plan.rank, "grad_accumulation_steps": accum, "max_seq_tokens": seq,
+            "dtype": lora.dtype, "trainable_params": trainable, "seconds": round(seconds, 2),
+            "estimate_gb": est_gb, "peak_memory_gb": round(peak, 3),
+            "available_gb": round(available / preflight.GB, 2), "preflight_changes": list(plan.changes),
+            "final": {k: round(v, 6) for k, v in last.items()},
+        }
+        # mlx_lm.load(adapter_path=...) reads fine_tune_type, num_layers and lora_parameters.
+        write_json(tmp / "adapter_config.json", {
+            "fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params,
+            "model": str(model_dir), "provenance": prov, "training": training})
+    ckpt.remove()
+    log.info("finetune: measured peak %.2f GB (estimate %.2f GB)", peak, est_gb["total"])
+    return training_metrics(training)
+
+
+def training_metrics(training: dict) -> dict[str, float]:
+    """The stage's final metrics from an adapter directory's ``training`` record; the per-step
+    series keep their names, finals are ``*_final`` (never re-logged at step 0)."""
+    est = training["estimate_gb"]["total"]
+    out = {f"{k}_final": float(v) for k, v in training["final"].items()}
+    out.update({
+        "finetune/seconds": float(training["seconds"]),
+        "finetune/trainable_params": float(training["trainable_params"]),
+        "finetune/batch_size": float(training["batch_size"]),
+        "finetune/rank": float(training["rank"]),
+        "finetune/grad_accumulation_steps": float(training["grad_accumulation_steps"]),
+        "finetune/iters": float(training["iters"]),
+        "finetune/resumed_from_step": float(training["resumed_from_step"]),
+        "finetune/estimate_peak_gb": float(est),
+        "finetune/measured_peak_gb": float(training["peak_memory_gb"]),
+        "finetune/estimate_error": round(est / training["peak_memory_gb"] - 1, 4)
+        if training["peak_memory_gb"] else 0.0,
+        "finetune/available_gb": float(training["available_gb"]),
+    })
+    return out
+
+
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_tokens: int) -> list[str]:
+    """Greedy answers to each chat prompt (a message list ending before the answer)."""
+    from mlx_lm import generate
+
+    out = []
+    for msgs in prompts:
+        prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        out.append(generate(model, tokenizer, prompt=prompt, max_tokens=max_tokens, verbose=False))
+    return out
+
+
+def adapter_record(adapter_dir: Path) -> dict[str, Any]:
+    return json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))

