@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Protocol
@@ -199,7 +200,9 @@ class MLflowTracker:
         import mlflow
         import pandas as pd
 
-        ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=str(source), name=name)
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": a file
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=str(source), name=name)
         mlflow.log_input(ds, context=context)
 
     def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:

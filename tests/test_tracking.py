@@ -1,6 +1,7 @@
 """MLflow tracking on a real sqlite store: params, metrics, tags, artifacts; no secret leaks."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -96,3 +97,114 @@ def test_run_records_params_metrics_tags_and_artifacts_without_secrets(tmp_path)
     assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["report.md"]
     # Artifacts live beside the database, not in ./mlruns of the current folder.
     assert (tmp_path / "mlartifacts").is_dir() and not Path("mlruns").exists()
+
+
+def _tracker(tmp_path, **kw) -> MLflowTracker:
+    return MLflowTracker(uri="sqlite:///mlflow.db", experiment="t", root=tmp_path, **kw)
+
+
+def test_experiment_opens_on_the_runs_table_and_runs_have_names_and_descriptions(tmp_path):
+    tracker = _tracker(tmp_path, system_metrics=False)
+    with tracker.start(params={"extraction": {"max_tokens": 256}}, tags={"scope": "partial"},
+                       run_name="smollm2-135m convert+process 2026-01-01 10:00"):
+        tracker.set_description("**FINISHED**\n- chunks: 22")
+    client = MlflowClient(tracker.uri)
+    exp = client.get_experiment_by_name("t")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(tracker.run_id)
+    assert run.info.run_name == "smollm2-135m convert+process 2026-01-01 10:00"
+    assert run.data.tags["mlflow.note.content"].startswith("**FINISHED**")
+    assert run.data.params["extraction.max_tokens"] == "256"  # not mistaken for a secret
+
+
+def test_an_experiment_made_before_gets_its_kind(tmp_path):
+    import mlflow
+
+    tracker = _tracker(tmp_path, system_metrics=False)
+    mlflow.set_tracking_uri(tracker.uri)
+    mlflow.create_experiment("t")
+    with tracker.start(params={}, tags={}):
+        pass
+    assert MlflowClient(tracker.uri).get_experiment_by_name("t").tags["mlflow.experimentKind"] \
+        == "custom_model_development"
+
+
+def test_folders_tables_datasets_and_history(tmp_path):
+    tracker = _tracker(tmp_path, system_metrics=False)
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "adapter_config.json").write_text('{"rank": 8}')
+    (adapters / "adapters.safetensors").write_bytes(b"\0" * 16)
+    rows = [{"question": f"What does X{i} stand for?", "answer": f"X{i} stands for Example {i}.",
+             "kind": "acronym", "doc_id": "ts-99901"} for i in range(5)]
+    with tracker.start(params={}, tags={}):
+        tracker.log_artifact(adapters)
+        tracker.log_table(rows, "dataset_sample.json")
+        for split, context in (("train", "training"), ("valid", "validation"), ("test", "test")):
+            tracker.log_dataset(rows, tmp_path / f"{split}.jsonl", split, context)
+        for step, loss in ((5, 3.0), (10, 2.5)):
+            tracker.log_metrics({"finetune/train_loss": loss}, step=step)
+        history = tracker.metric_history(["finetune/train_loss", "finetune/val_loss"])
+    assert history == {"finetune/train_loss": [(5, 3.0), (10, 2.5)], "finetune/val_loss": []}
+    client = MlflowClient(tracker.uri)
+    assert {a.path for a in client.list_artifacts(tracker.run_id, "adapters")} == \
+        {"adapters/adapter_config.json", "adapters/adapters.safetensors"}
+    table = json.loads(Path(client.download_artifacts(tracker.run_id, "dataset_sample.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == 5 and set(table["columns"]) == {"question", "answer", "kind", "doc_id"}
+    inputs = client.get_run(tracker.run_id).inputs.dataset_inputs
+    got = {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"]) for i in inputs}
+    assert got == {("train", "training"), ("valid", "validation"), ("test", "test")}
+    assert all(json.loads(i.dataset.profile)["num_rows"] == 5 for i in inputs)
+
+
+def test_system_metrics_are_sampled_while_the_run_lasts(tmp_path):
+    import time
+
+    tracker = _tracker(tmp_path, system_metrics=True, system_metrics_interval=0.5)
+    with tracker.start(params={}, tags={}):
+        time.sleep(2.5)
+    metrics = MlflowClient(tracker.uri).get_run(tracker.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert "system/system_memory_usage_megabytes" in metrics
+
+
+def _attach(args) -> str:
+    root, sweep_dir, job = args
+    t = MLflowTracker(uri="sqlite:///mlflow.db", experiment="t", root=root, system_metrics=False)
+    parent = t.sweep_parent(sweep_dir, "sweep x lora.rank", {"sweep.id": "x"})
+    with t.start(params={"lora": {"rank": job}}, tags={"sweep.id": "x"}, run_name=f"#{job} lora.rank={job}",
+                 parent_run_id=parent):
+        t.log_metrics({"eval/val_loss_after": 3.0 - job})
+    return parent
+
+
+def test_sweep_jobs_in_parallel_processes_share_one_parent_which_ends_with_them(tmp_path):
+    import multiprocessing
+
+    sweep_dir = tmp_path / "multirun" / "x"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        parents = pool.map(_attach, [(str(tmp_path), str(sweep_dir), j) for j in range(4)])
+    assert len(set(parents)) == 1
+    tracker = _tracker(tmp_path, system_metrics=False)
+    assert tracker.end_sweep_parent(sweep_dir, "eval/val_loss_after") == "FINISHED"
+    assert tracker.end_sweep_parent(sweep_dir, "eval/val_loss_after") is None  # once
+    client = MlflowClient(tracker.uri)
+    exp = client.get_experiment_by_name("t").experiment_id
+    runs = client.search_runs([exp])
+    assert len(runs) == 5
+    parent = client.get_run(parents[0])
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep x lora.rank"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0]]
+    assert sorted(r.info.run_name for r in children) == [f"#{j} lora.rank={j}" for j in range(4)]
+    note = parent.data.tags["mlflow.note.content"]
+    assert "4 FINISHED" in note and note.index("#3 lora.rank=3") < note.index("#0 lora.rank=0")
+    assert parent.data.metrics["sweep/min/eval/val_loss_after"] == 0.0
+
+
+def test_a_failed_job_fails_the_sweep_parent(tmp_path):
+    tracker = _tracker(tmp_path, system_metrics=False)
+    parent = tracker.sweep_parent(tmp_path / "s", "sweep s", {})
+    with tracker.start(params={}, tags={}, parent_run_id=parent):
+        tracker.finish("FAILED", {"failure.stage": "convert"})
+    assert tracker.end_sweep_parent(tmp_path / "s") == "FAILED"
+    assert MlflowClient(tracker.uri).get_run(parent).info.status == "FAILED"
