@@ -208,3 +208,92 @@ def test_a_failed_job_fails_the_sweep_parent(tmp_path):
         tracker.finish("FAILED", {"failure.stage": "convert"})
     assert tracker.end_sweep_parent(tmp_path / "s") == "FAILED"
     assert MlflowClient(tracker.uri).get_run(parent).info.status == "FAILED"
+
+
+# --- sweeps through `python -m runner -m`, as a user starts them (slow) -------------------------
+
+def _corpus(root: Path) -> Path:
+    """Three short documents in 3GPP style (own text), quick to convert."""
+    d = root / "corpus"
+    d.mkdir(parents=True, exist_ok=True)
+    for n in range(3):
+        (d / f"ts-9990{n}.md").write_text(
+            f"# 3GPP TS 99.90{n} Example procedures\n\n## 1 Scope\n\nThe present document specifies "
+            f"example procedure {n} between the XNB and the core network.\n\n## 3 Abbreviations\n\n"
+            f"XNB\tExample Node B\n\n## 4 Procedure\n\nThe XNB shall send the EXAMPLE REQUEST "
+            f"message {n} to the core network and start timer T99{n}.\n")
+    return d
+
+
+def _sweep(tmp_path: Path, *args: str):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=store)
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "-m", "runner", "-m", f"hydra.sweep.dir={sweep}",
+                          f"cache_dir={tmp_path / 'cache'}", f"corpus.path={_corpus(tmp_path)}",
+                          "stages=[convert,process]", "optimized_metric=process/chunks", *args],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    client = MlflowClient(store)
+    parent_id = json.loads((sweep / "mlflow_parent.json").read_text())["run_id"]
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return sweep, client, parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job"]))
+
+
+def _check_sweep(sweep, parent, children, n: int) -> None:
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.id"] == str(sweep) and parent.data.tags["scope"] == "partial"
+    assert len(children) == n and {c.info.status for c in children} == {"FINISHED"}
+    assert all(c.data.tags["sweep.id"] == str(sweep) and c.data.tags["scope"] == "partial" for c in children)
+    assert f"{n} FINISHED" in parent.data.tags["mlflow.note.content"]
+    for c in children:
+        job = sweep / c.data.tags["sweep.job"]
+        assert c.data.params["extraction.max_tokens"] == "256"  # whole-name redaction only
+        assert "max_tokens: 256" in (job / "config.resolved.yaml").read_text()
+        assert (job / "report.html").is_file() and "process/chunks" in c.data.metrics
+
+
+@pytest.mark.slow
+def test_basic_sweep_makes_a_parent_with_named_children(tmp_path):
+    sweep, client, parent, children = _sweep(tmp_path, "lora.rank=4,8")
+    _check_sweep(sweep, parent, children, 2)
+    assert [c.info.run_name for c in children] == ["#0 lora.rank=4", "#1 lora.rank=8"]
+    assert parent.info.run_name.endswith("lora.rank")
+    # Stage outputs are shared: the second job's convert and process come from the stage cache.
+    last = json.loads((sweep / "1" / ".state" / "last_run.json").read_text())
+    assert {v["status"] for v in last.values()} == {"cached"}
+
+
+@pytest.mark.slow
+def test_joblib_preset_runs_jobs_in_parallel_each_on_its_share_of_the_machine(tmp_path):
+    from components.training.hardware import detect
+
+    sweep, client, parent, children = _sweep(tmp_path, "hydra/launcher=local_parallel",
+                                             "hydra.launcher.n_jobs=2", "lora.rank=4,8")
+    _check_sweep(sweep, parent, children, 2)
+    share = max(1, detect()["cpus"] // 2)
+    assert {c.data.tags["hardware.cpu_threads"] for c in children} == {str(share)}
+    assert {int(c.data.tags["hardware.convert_workers"]) for c in children} <= set(range(1, share + 1))
+    pids = {json.loads((sweep / str(j) / ".state" / "run.json").read_text())["pid"] for j in (0, 1)}
+    assert os.getpid() not in pids  # the jobs ran in worker processes
+
+
+@pytest.mark.slow
+def test_optuna_preset_optimizes_the_returned_metric_in_the_configured_direction(tmp_path):
+    import yaml
+
+    sweep, client, parent, children = _sweep(
+        tmp_path, "hydra/sweeper=optuna_search", "hydra.sweeper.n_trials=2",
+        "optimize.direction=maximize", "process.chunk.max_chars=choice(300,3000)")
+    _check_sweep(sweep, parent, children, 2)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    chunks = [c.data.metrics["process/chunks"] for c in children]
+    assert best["best_value"] == max(chunks)
+    assert all(c.info.run_name.startswith(f"#{i} process.chunk.max_chars=") for i, c in enumerate(children))
