@@ -9,6 +9,7 @@ the last.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,8 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from components.files import write_json
+
 log = logging.getLogger(__name__)
 
+KEYS_FILE = "sweep_keys.json"
 # Overrides that say where things go, not what the job is: never part of a name.
 _NOT_NAMING = ("hydra.", "cache_dir", "tracking.")
 
@@ -59,8 +63,12 @@ def current() -> Sweep | None:
     if not (hc.mode and hc.mode.name == "MULTIRUN"):
         return None
     sweep_dir = Path(hc.sweep.dir)
-    multirun = sweep_dir / "multirun.yaml"  # the launching command's sweeps, written before jobs
-    keys = swept_keys(OmegaConf.load(multirun).hydra) if multirun.is_file() else []
+    # The launching command's sweeps: recorded by the callback, or in the basic sweeper's copy.
+    record, multirun = sweep_dir / KEYS_FILE, sweep_dir / "multirun.yaml"
+    if record.is_file():
+        keys = json.loads(record.read_text(encoding="utf-8"))["keys"]
+    else:
+        keys = swept_keys(OmegaConf.load(multirun).hydra) if multirun.is_file() else []
     keys += [str(k) for k in (OmegaConf.select(hc, "sweeper.params", default=None) or {}) if k not in keys]
     mine = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in keys]
     return Sweep(dir=sweep_dir.resolve(), id=str(hc.sweep.dir), job=int(hc.job.num),
@@ -121,12 +129,14 @@ class ParentRunCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from runner.pipeline import ORDER
 
-        tracker = _tracker(config)
-        if tracker is None:
-            return
         sweep = Sweep(dir=Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir),
                       id=str(config.hydra.sweep.dir), job=-1, keys=tuple(swept_keys(config.hydra)),
                       overrides=())
+        # Jobs name themselves by these keys; Optuna's sweeper writes no multirun.yaml to read.
+        write_json(sweep.dir / KEYS_FILE, {"keys": list(sweep.keys)})
+        tracker = _tracker(config)
+        if tracker is None:
+            return
         run_id = tracker.sweep_parent(sweep.dir, sweep.parent_name,
                                       parent_tags(sweep.id, list(sweep.keys), list(config.stages), ORDER))
         log.info("MLflow parent run of this sweep: %s", run_id)
