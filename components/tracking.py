@@ -112,7 +112,8 @@ class MLflowTracker:
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(redact(dict(params))).items()}
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
-        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.run_name or run_name,
+        name = scrub(self.run_name or run_name or "") or None
+        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=name,
                               parent_run_id=parent_run_id, log_system_metrics=self.system_metrics,
                               tags={k: scrub(str(v)) for k, v in tags.items()}) as run:
             self.run_id = run.info.run_id
@@ -229,7 +230,7 @@ class MLflowTracker:
                 return json.loads(record.read_text(encoding="utf-8"))["run_id"]
             exp = self._experiment()
             run = MlflowClient(self.uri).create_run(
-                exp.experiment_id, run_name=name, tags={k: scrub(str(v)) for k, v in tags.items()})
+                exp.experiment_id, run_name=scrub(name), tags={k: scrub(str(v)) for k, v in tags.items()})
             write_json(record, {"run_id": run.info.run_id, "uri": self.uri})
             return run.info.run_id
 
