@@ -16,14 +16,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from components import secrets
-from components.files import write_json, write_jsonl, write_text
+from components.files import read_jsonl, write_json, write_text
 from components.llm.services import ServiceUnavailable
 from components.tracking import git_commit
 from components.training.models import ModelUnavailable
-from runner import pipeline
+from runner import pipeline, sweeps
 from runner.config import ConfigError, build, resolve_hardware
 from runner.interrupts import stop_on_signals
-from runner.report import write_report
+from runner.report import LOSS_SERIES, summary, write_report
 from runner.stage import Interrupted, Resources, StageError
 
 log = logging.getLogger("runner")
@@ -91,8 +91,10 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     stages = list(cfg.stages)
+    sweep = sweeps.current()
     try:
-        hardware = resolve_hardware(cfg)
+        # Jobs of a parallel sweep each take their share of the machine.
+        hardware = resolve_hardware(cfg, jobs=sweeps.parallel_jobs())
         components = {g: build(cfg[g], g) for g in GROUPS}
     except ConfigError as exc:
         log.error("config: %s", exc)
@@ -108,12 +110,9 @@ def run(cfg: DictConfig) -> float | None:
 
     tracker = build(cfg.tracking, "tracking")
     _close_dead_run(run_dir, tracker)
-    tags = {"hardware.profile": hardware.name, "hardware.accelerator": hardware.accelerator,
-            "hardware.memory_gb": str(hardware.memory_gb),
-            "hardware.scaled_down": str(hardware.scaled).lower(),
-            "service.configured": str(cfg.service.name), "model": str(cfg.model.name),
-            "stages": ",".join(stages), "run_dir": str(run_dir),
-            "git_commit": git_commit(REPO) or "unknown"}
+    # A sweep's jobs are children of one parent run, made by whichever comes first.
+    parent = sweep and tracker.sweep_parent(sweep.dir, sweep.parent_name, sweeps.parent_tags(
+        sweep.id, list(sweep.keys), stages, pipeline.ORDER))
     info = {"run directory": run_dir, "MLflow run": None,
             "hardware": f"{hardware.name} ({hardware.accelerator}, "
                         f"{hardware.memory_gb} GB{', scaled down' if hardware.scaled else ''})",
@@ -121,13 +120,13 @@ def run(cfg: DictConfig) -> float | None:
     metrics: dict = {}
     outcome, reason, stage = "FINISHED", "", None
     resources, cancel = Resources(), threading.Event()
-    with tracker.start(params=public_cfg, tags=tags):
+    with tracker.start(params=public_cfg, tags=_tags(cfg, hardware, stages, run_dir, sweep),
+                       run_name=sweeps.run_name(cfg, stages, pipeline.ORDER, sweep),
+                       parent_run_id=parent):
         info["MLflow run"] = tracker.run_id
         write_json(run_dir / pipeline.STATE_DIR / "run.json", {"pid": os.getpid(), "run_id": tracker.run_id})
         # A report from an earlier run must never stand for this one, even if this one is killed.
-        write_report(run_dir, {}, {**info, "status": "RUNNING"})
-        tracker.log_metrics({"hardware/" + k: v for k, v in hardware.as_dict().items()
-                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        write_report(run_dir, {}, {**info, "status": "RUNNING"}, pictures=False)
         try:
             with stop_on_signals(cancel):
                 metrics = pipeline.run(run_dir, cfg, tracker, stages, resources, cancel)
@@ -147,12 +146,12 @@ def run(cfg: DictConfig) -> float | None:
                 if outcome != "FINISHED":
                     info["status"] = f"{outcome} in stage {stage}" if stage else outcome
                     info["reason"] = reason
-                report = write_report(run_dir, metrics, info)
-                for path in (run_dir / "config.resolved.yaml", report, run_dir / "metrics.json"):
-                    tracker.log_artifact(path)
-                _log_dataset_sample(run_dir, tracker)
+                _record(run_dir, tracker, metrics, info)
                 failure_tags = {"failure.stage": stage or "", "failure.reason": reason[:500]}
                 tracker.finish(outcome, failure_tags if outcome != "FINISHED" else None)
+                if sweep is not None and outcome != "FINISHED":
+                    # Hydra stops the sweep at a failed job: its parent run ends with it.
+                    tracker.end_sweep_parent(sweep.dir, cfg.optimized_metric, outcome)
     print(f"\nRun directory: {run_dir}")
     print(f"MLflow run:    {tracker.run_id} (experiment '{tracker.experiment}' at {tracker.uri})")
     print(f"Open the UI:   {tracker.ui_hint()}")
@@ -167,7 +166,36 @@ def run(cfg: DictConfig) -> float | None:
     if outcome == "FAILED":
         sys.exit(1)
     value = metrics.get(cfg.optimized_metric)
+    if value is None and sweep is not None:
+        log.warning("optimized_metric %s is not among this run's metrics; a sweeper has nothing "
+                    "to compare", cfg.optimized_metric)
     return float(value) if value is not None else None
+
+
+def _tags(cfg: DictConfig, hardware, stages: list[str], run_dir: Path, sweep) -> dict[str, str]:
+    # Hardware values are tags (and params, under hw.*), not metrics that crowd the charts.
+    hw = {f"hardware.{'scaled_down' if k == 'scaled' else k}": str(v).lower() if isinstance(v, bool) else str(v)
+          for k, v in hardware.as_dict().items() if k not in ("name", "warnings")}
+    tags = {**hw, "hardware.profile": hardware.name, "service.configured": str(cfg.service.name),
+            "model": str(cfg.model.name), "stages": ",".join(stages),
+            "scope": sweeps.scope(stages, pipeline.ORDER), "run_dir": str(run_dir),
+            "git_commit": git_commit(REPO) or "unknown"}
+    if sweep is not None:
+        tags.update({"sweep.id": sweep.id, "sweep.job": str(sweep.job)})
+    return tags
+
+
+def _record(run_dir: Path, tracker, metrics: dict, info: dict) -> None:
+    """The report (loss curves from the run's metric history), its artifacts, the headline as
+    the run's description, and the dataset splits."""
+    history = tracker.metric_history(LOSS_SERIES.values())
+    report = write_report(run_dir, metrics, info,
+                          {label: history.get(key) for label, key in LOSS_SERIES.items()})
+    for path in (run_dir / "config.resolved.yaml", report, run_dir / "report.html",
+                 run_dir / "metrics.json", run_dir / "plots"):
+        tracker.log_artifact(path)
+    tracker.set_description(summary(run_dir, metrics, info))
+    _log_dataset(run_dir, tracker)
 
 
 def _saved_metrics(run_dir: Path) -> dict:
@@ -175,10 +203,27 @@ def _saved_metrics(run_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _log_dataset_sample(run_dir: Path, tracker) -> None:
-    train = run_dir / "dataset" / "train.jsonl"
-    if train.is_file():
-        sample = run_dir / "dataset_sample.jsonl"
-        with open(train, encoding="utf-8") as fh:
-            write_jsonl(sample, (json.loads(line) for _, line in zip(range(20), fh)))
-        tracker.log_artifact(sample)
+SPLIT_CONTEXT = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def _log_dataset(run_dir: Path, tracker) -> None:
+    """The splits as the run's dataset inputs, and a sample of train as a table (the system
+    prompt, the same on every row, is left out of the table)."""
+    for split, context in SPLIT_CONTEXT.items():
+        path = run_dir / "dataset" / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        rows = [_flat_example(r) for r in read_jsonl(path)]
+        try:
+            tracker.log_dataset(rows, path, split, context)
+        except Exception as exc:  # a dataset MLflow cannot profile must not cost the run's record
+            log.warning("MLflow: split %s not logged as a dataset input: %s", split, exc)
+        if split == "train":
+            tracker.log_table(rows[:50], "dataset_sample.json")
+
+
+def _flat_example(r: dict) -> dict:
+    msgs = {m.get("role"): m.get("content", "") for m in r.get("messages", [])}
+    meta = r.get("meta") or {}
+    return {"question": msgs.get("user", ""), "answer": msgs.get("assistant", ""),
+            "kind": str(meta.get("kind", "")), "doc_id": str(meta.get("doc_id", ""))}

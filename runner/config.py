@@ -64,10 +64,17 @@ def validation_message(exc: ValidationError, key: str) -> str:
     return "; ".join(lines)
 
 
-def resolve_hardware(cfg: DictConfig):
+def resolve_hardware(cfg: DictConfig, jobs: int = 1):
     """Resolve the hardware profile for this machine once and publish its values as ``cfg.hw``,
-    where components read them through interpolations (``${hw.convert_workers}``)."""
-    hw = build(cfg.hardware, "hardware").resolve()
+    where components read them through interpolations (``${hw.convert_workers}``). With
+    ``jobs`` > 1 (a parallel sweep) each job gets that share of the CPUs and memory."""
+    from components.training.hardware import detect
+
+    machine = detect()
+    if jobs > 1:
+        machine = {**machine, "cpus": max(1, machine["cpus"] // jobs),
+                   "memory_gb": machine["memory_gb"] / jobs}
+    hw = build(cfg.hardware, "hardware").resolve(machine)
     with open_dict(cfg):
         cfg.hw = hw.as_dict()
     return hw

@@ -107,7 +107,7 @@ def test_mlflow_has_stage_metrics_params_tags_and_artifacts(default_run, store):
     assert t["service.used"] == "embedded" and t["service.fallback"] == "false"
     assert t["hardware.profile"] == "auto" and t["git_commit"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.resolved.yaml", "report.md", "metrics.json", "dataset_sample.jsonl"} <= arts
+    assert {"config.resolved.yaml", "report.md", "metrics.json", "dataset_sample.json", "report.html"} <= arts
 
 
 def test_rerun_in_the_same_directory_skips_everything(default_run, store):

@@ -1,0 +1,128 @@
+"""report.md and report.html from what a run directory holds: every part drawn when its file is
+there, left out when not; pictures are real PNGs embedded in one offline file; no secret leaks."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from components import secrets
+from components.files import write_json, write_jsonl
+from runner.report import Facts, collect, extraction_quality, headline, write_report
+
+SECRET = "sk-report-7a6b5c4d3e"
+
+
+def _example(q: str, a: str, kind: str, doc: str) -> dict:
+    return {"messages": [{"role": "system", "content": "You are a telecom assistant."},
+                         {"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "meta": {"doc_id": doc, "kind": kind}}
+
+
+@pytest.fixture
+def full_run(tmp_path):
+    """A run directory with every file the report reads (own invented 3GPP-style content)."""
+    d = tmp_path / "run"
+    write_json(d / "metrics.json", {"process/chunks": 5, "extract/chunks": 4, "extract/json_valid_rate": 0.5,
+                                    "extract/qa_grounded_rate": 1.0, "eval/val_loss_before": 2.5,
+                                    "eval/val_loss_after": 2.0, "finetune/train_loss_final": 1.9,
+                                    "alert/extract_invalid_rate": 0.5})
+    write_json(d / ".state" / "last_run.json", {"convert": {"status": "ran", "seconds": 12.5},
+                                                "extract": {"status": "cached", "seconds": 0.2},
+                                                "evaluate": {"status": "failed", "seconds": 3.0}})
+    write_json(d / "documents" / "manifest.json", [
+        {"source": "ts-99901.md", "status": "success"},
+        {"source": "broken.pdf", "status": "failed", "error": f"not a PDF (key {SECRET})"}])
+    acr = {"acronym": "XNB", "expansion": "Example Node B"}
+    ok = {"status": "ok", "extraction": {"acronyms": [acr], "spec_refs": ["TS 99.901"],
+                                         "qa": {"question": "q", "answer": "a"}},
+          "grounding": {"acronyms": [acr], "spec_refs": [], "qa_grounded": True}}
+    write_jsonl(d / "extractions.jsonl", [
+        {"chunk_id": "a-1", "doc_id": "doc-a", **ok}, {"chunk_id": "a-2", "doc_id": "doc-a", **ok},
+        {"chunk_id": "b-1", "doc_id": "doc-b", "status": "invalid", "error": "not JSON"},
+        {"chunk_id": "b-2", "doc_id": "doc-b", "status": "error", "error": "ReadTimeout"}])
+    write_jsonl(d / "dataset" / "train.jsonl", [_example("What is XNB?", "Example Node B", "qa", "doc-a"),
+                                                _example("XNB?", "XNB stands for Example Node B.", "acronym", "doc-a")])
+    write_jsonl(d / "dataset" / "valid.jsonl", [_example("v?", "v", "acronym", "doc-c")])
+    write_jsonl(d / "dataset" / "test.jsonl", [_example("t?", "t", "qa", "doc-d")])
+    write_json(d / "eval.json", {
+        "metrics": {},
+        "comparison": {"valid_loss": {"base": 2.5, "tuned": 2.0, "delta": -0.5},
+                       "mcq_accuracy": {"base": 0.25, "tuned": 0.5, "delta": 0.25}},
+        "mcq": {"mcq": {"per_category": {
+            "Standards specifications": {"n": 4, "base": {"accuracy": 0.25}, "tuned": {"accuracy": 0.5}},
+            "Lexicon": {"n": 2, "base": {"accuracy": 0.5}, "tuned": {"accuracy": 1.0}}}}},
+        "predictions": [{"question": "What is XNB?", "gold": "Example Node B", "base": "no idea",
+                         "tuned": "Example Node B"}]})
+    write_jsonl(d / "alerts.jsonl", [{"alert": "extraction invalid rate above 0.3", "value": 0.5}])
+    series = {"train": [(5, 3.0), (10, 2.4), (15, 2.1)], "validation": [(5, 3.1), (15, 2.3)]}
+    return d, series
+
+
+def _pngs(html: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(m)))
+            for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)]
+
+
+def test_every_part_is_drawn_embedded_and_kept_for_mlflow(full_run):
+    run_dir, series = full_run
+    secrets.register({SECRET})
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    write_report(run_dir, metrics, {"status": "FAILED in stage evaluate", "reason": "boom"}, series)
+    html = (run_dir / "report.html").read_text()
+    for section in ("Loss curves", "Extraction quality", "Dataset mixture", "Base vs tuned",
+                    "mcq: accuracy per category", "Stage timings", "Documents", "Alerts", "Metrics",
+                    "Held-out samples"):
+        assert f">{section}<" in html, section
+    plots = sorted(p.name for p in (run_dir / "plots").iterdir())
+    assert plots == ["base_vs_tuned.png", "dataset_mixture.png", "extraction_quality.png",
+                     "loss_curves.png", "mcq_per_category.png", "stage_timings.png"]
+    images = _pngs(html)
+    assert len(images) == len(plots) and all(i.format == "PNG" and i.size[0] >= 500 for i in images)
+    # Self-contained: nothing fetched when opened offline.
+    assert not re.search(r"(src|href)=['\"]?(https?:|//)", html)
+    assert "broken.pdf" in html and "ReadTimeout" in html and "FAILED in stage evaluate" in html
+    assert SECRET not in html and SECRET not in (run_dir / "report.md").read_text()
+    assert "## Alerts" in (run_dir / "report.md").read_text()
+
+
+def test_a_run_that_made_nothing_yet_gets_a_report_without_pictures(tmp_path):
+    write_report(tmp_path, {}, {"status": "RUNNING"})
+    html = (tmp_path / "report.html").read_text()
+    assert "RUNNING" in html and "<img" not in html
+    assert "Loss curves" not in html and "Dataset mixture" not in html
+    assert list((tmp_path / "plots").iterdir()) == []
+
+
+def test_extraction_quality_per_source(full_run):
+    run_dir, _ = full_run
+    f = collect(run_dir, {}, {})
+    q = extraction_quality(f.extractions, f.kept_qa)
+    assert q["doc-a"] == {"chunks": 2, "valid": 1.0, "grounded": 2 / 3, "kept": 0.5}
+    assert q["doc-b"]["valid"] == 0.0 and q["doc-b"]["kept"] == 0.0
+    assert q["all"] == {"chunks": 4, "valid": 0.5, "grounded": 2 / 3, "kept": 0.5}
+
+
+def test_headline_says_what_matters(full_run):
+    run_dir, _ = full_run
+    f: Facts = collect(run_dir, json.loads((run_dir / "metrics.json").read_text()), {"status": "FINISHED"})
+    text = "\n".join(headline(f))
+    assert "**FINISHED**" in text
+    assert "documents: 1 converted, 1 failed" in text
+    assert "validation loss: 2.5 → 2 (-0.5)" in text
+    assert "dataset: 2 train / 1 valid / 1 test" in text
+    assert "alerts: 2" in text  # one from alerts.jsonl, one alert/ metric
+
+
+def test_an_earlier_eval_format_and_a_cut_line_still_report(tmp_path):
+    write_json(tmp_path / "eval.json", {"predictions": [{"question": "q", "gold": "g", "prediction": "p"}]})
+    (tmp_path / "extractions.jsonl").write_text('{"chunk_id": "x", "doc_id": "d", "status": "ok"}\n{"chunk_')
+    write_report(tmp_path, {"eval/val_loss_before": 2.0, "eval/val_loss_after": 1.5}, {})
+    md = (tmp_path / "report.md").read_text()
+    assert "| q | g | p |" in md
+    html = (tmp_path / "report.html").read_text()
+    assert ">Base vs tuned<" in html and ">Extraction quality<" in html
