@@ -187,6 +187,7 @@ class ThreeGPPDownloader:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.trust_env = trust_env
+        self.progress: Any = None  # a components.progress.Progress counting bytes, when watched
 
     def local_path(self, spec: str, version: str) -> Path:
         return self.dest / spec_dir(spec) / zip_name(spec, version)
@@ -328,6 +329,8 @@ class ThreeGPPDownloader:
                 async for chunk in r.aiter_raw():  # unchunked: a cut-off body keeps every byte it got
                     fh.write(chunk)
                     res.bytes += len(chunk)
+                    if self.progress is not None:
+                        self.progress.advance(len(chunk), note=path.name)
                 fh.flush()
                 os.fsync(fh.fileno())
         size = part.stat().st_size

@@ -17,6 +17,7 @@ from components.documents.acquire import (AcquireConfig, AcquireError, ArchiveLi
                                          ThreeGPPDownloader, spec_dir)
 from components.documents.archives import ArchiveError, extract_cached
 from components.files import file_sha256, write_json
+from components.progress import Progress
 from runner.config import build
 from runner.stage import StageContext, StageError
 
@@ -49,7 +50,8 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     downloader = cfg.downloader
     try:
-        results = downloader.download(specs)
+        with Progress("acquire", None, unit="MB", scale=2**20) as downloader.progress:
+            results = downloader.download(specs)
     except AcquireError as exc:
         if not ctx.cfg.corpus.path:
             raise StageError(str(exc)) from exc
