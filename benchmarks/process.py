@@ -14,12 +14,13 @@ The last line printed is one JSON object.
 
 Scaling mode (`--threads 1,2,4,... --mb 100,800`): the Rust binary alone on a generated corpus
 of each size, with each thread count, best wall clock of --repeats. Prints MB/s per size and
-thread count, the phase timings and the share of the 1-thread run spent on the calling thread
-(`timings.serial`: work no other thread shares), then one JSON object:
+thread count, the CPU time, the phase timings and the share of the 1-thread run's CPU time spent
+on the calling thread (`timings.serial`: work no other thread shares), then one JSON object:
 - `efficiency_max_threads`: MB/s at the most threads / (most threads x MB/s at 1 thread), on the
   largest corpus (1.0: perfect scaling);
 - `cost_growth`: per-MB time at the largest size / per-MB time at the smallest, 1 thread
-  (1.0: cost proportional to size);
+  (1.0: cost proportional to size); `cost_growth_cpu` the same in CPU time (robust to other load
+  on the machine);
 - `amdahl_bound_16_threads`: 1 / (1 + 15 s), s the serial share on the largest corpus: the
   efficiency 16 threads could reach at most if everything else scaled perfectly; a machine with
   fewer cores cannot measure 16 threads, this says what the serial part alone allows.
@@ -33,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -64,10 +66,18 @@ def run_rust(work: Path, docs: Path, name: str, repeats: int, binary: Path | Non
     binary = binary or rust.ensure_binary()
     best, result = math.inf, {}
     for _ in range(repeats):
-        t = time.perf_counter()
-        result = rust.run_binary(binary, path, cfg.timeout_s)
-        best = min(best, time.perf_counter() - t)
+        t, cpu = time.perf_counter(), children_cpu()
+        out = rust.run_binary(binary, path, cfg.timeout_s)
+        seconds = time.perf_counter() - t
+        if seconds < best:
+            best, result = seconds, {**out, "cpu_seconds": children_cpu() - cpu}
     return best, result
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (insensitive to other load)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def kept_chunks(docs: Path, cfg) -> list[dict]:
@@ -138,6 +148,8 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
     print(f"scaling: sizes {sizes} MB, threads {threads}, {cores} cores here, best of {repeats}", flush=True)
     mb_s: dict[float, dict[int, float]] = {}
     serial_share: dict[float, float] = {}
+    cpu_one: dict[float, float] = {}
+    sizes_bytes: dict[float, int] = {}
     outputs: dict[float, set[str]] = {}
     for mb in sizes:
         docs = work / f"documents_{mb:g}mb"
@@ -146,19 +158,22 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
             generate(docs, int(mb * 1e6))
             print(f"generated {mb:g} MB in {time.perf_counter() - t:.0f} s", flush=True)
         corpus_bytes = sum(p.stat().st_size for p in docs.glob("*.md"))
+        sizes_bytes[mb] = corpus_bytes
         mb_s[mb] = {}
         for n in threads:
             name = f"scale_{mb:g}mb_{n}t"
             seconds, result = run_rust(work, docs, name, repeats, binary, threads=n)
             mb_s[mb][n] = corpus_bytes / 1e6 / seconds
             t = result["timings"]
+            if n == min(threads):
+                cpu_one[mb] = result["cpu_seconds"]
             if n == 1 and "serial" in t:
-                serial_share[mb] = t["serial"] / seconds
+                serial_share[mb] = t["serial"] / result["cpu_seconds"]
             phases = " ".join(f"{k} {t[k]:.2f}" for k in ("read", "normalize", "chunk", "dedup", "write", "total"))
             serial = f", serial {t['serial']:.3f} s" if "serial" in t else ""
             over = " (more threads than cores)" if n > cores else ""
             print(f"{corpus_bytes / 1e6:7.1f} MB, {n:3d} threads: {mb_s[mb][n]:8.1f} MB/s{over}; "
-                  f"phases (s) {phases}{serial}", flush=True)
+                  f"CPU {result['cpu_seconds']:.2f} s; phases (s) {phases}{serial}", flush=True)
             outputs.setdefault(mb, set()).add(hashlib.sha256((work / f"{name}.jsonl").read_bytes()).hexdigest())
             (work / f"{name}.jsonl").unlink()
     largest, smallest, most = max(sizes), min(sizes), max(threads)
@@ -176,6 +191,8 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
         "efficiency_by_mb": {f"{mb:g}": round(e, 3) for mb, e in efficiency.items()},
         "mb_s": {f"{mb:g}": {str(n): round(v, 1) for n, v in row.items()} for mb, row in mb_s.items()},
         "serial_share_1_thread": None if share is None else round(share, 4),
+        "cost_growth_cpu": round(cpu_one[largest] / sizes_bytes[largest] / (cpu_one[smallest] / sizes_bytes[smallest]), 3),
+        "cpu_s_1_thread": {f"{mb:g}": round(cpu_one[mb], 2) for mb in sizes},
         "amdahl_bound_16_threads": None if share is None else round(1 / (1 + 15 * share), 3),
         "identical_output_across_threads": all(len(h) == 1 for h in outputs.values()),
     }))
