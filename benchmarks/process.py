@@ -11,13 +11,30 @@ Generates a 3GPP-like Markdown corpus (>= 50 MB, releases with near-duplicates),
   filtering over Python-hashed shingle tuples, independent of the engines' hashes) that the
   binary put in the same cluster, over the whole corpus.
 The last line printed is one JSON object.
+
+Scaling mode (`--threads 1,2,4,... --mb 100,800`): the Rust binary alone on a generated corpus
+of each size, with each thread count, best wall clock of --repeats. Prints MB/s per size and
+thread count, the CPU time, the phase timings and the share of the 1-thread run's CPU time spent
+on the calling thread (`timings.serial`: work no other thread shares), then one JSON object:
+- `efficiency_max_threads`: MB/s at the most threads / (most threads x MB/s at 1 thread), on the
+  largest corpus (1.0: perfect scaling);
+- `cost_growth`: per-MB time at the largest size / per-MB time at the smallest, 1 thread
+  (1.0: cost proportional to size); `cost_growth_cpu` the same in CPU time (robust to other load
+  on the machine);
+- `amdahl_bound_16_threads`: 1 / (1 + 15 s), s the serial share on the largest corpus: the
+  efficiency 16 threads could reach at most if everything else scaled perfectly; a machine with
+  fewer cores cannot measure 16 threads, this says what the serial part alone allows.
+`--binary PATH` measures another build (e.g. an older commit's) the same way.
 """
 from __future__ import annotations
 
 import argparse
 import filecmp
+import hashlib
 import json
 import math
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -42,16 +59,25 @@ def config(docs: Path, out: Path, **overrides):
     return process_config(group, input_dir=docs, output_path=out)
 
 
-def run_rust(work: Path, docs: Path, name: str, repeats: int, **overrides) -> tuple[float, dict]:
+def run_rust(work: Path, docs: Path, name: str, repeats: int, binary: Path | None = None,
+             **overrides) -> tuple[float, dict]:
     cfg = config(docs, work / f"{name}.jsonl", **overrides)
     path = write_config(cfg, work / f"{name}.yaml")
-    binary = rust.ensure_binary()
+    binary = binary or rust.ensure_binary()
     best, result = math.inf, {}
     for _ in range(repeats):
-        t = time.perf_counter()
-        result = rust.run_binary(binary, path, cfg.timeout_s)
-        best = min(best, time.perf_counter() - t)
+        t, cpu = time.perf_counter(), children_cpu()
+        out = rust.run_binary(binary, path, cfg.timeout_s)
+        seconds = time.perf_counter() - t
+        if seconds < best:
+            best, result = seconds, {**out, "cpu_seconds": children_cpu() - cpu}
     return best, result
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (insensitive to other load)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def kept_chunks(docs: Path, cfg) -> list[dict]:
@@ -112,15 +138,87 @@ def datasketch_seconds(chunks: list[dict], cfg) -> float:
     return time.perf_counter() - t
 
 
+def numbers(text: str, kind=float) -> list:
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, binary: Path | None) -> None:
+    """MB/s of the Rust binary per corpus size and thread count (see the module docstring)."""
+    cores = os.cpu_count() or 1
+    print(f"scaling: sizes {sizes} MB, threads {threads}, {cores} cores here, best of {repeats}", flush=True)
+    mb_s: dict[float, dict[int, float]] = {}
+    serial_share: dict[float, float] = {}
+    cpu_one: dict[float, float] = {}
+    sizes_bytes: dict[float, int] = {}
+    outputs: dict[float, set[str]] = {}
+    for mb in sizes:
+        docs = work / f"documents_{mb:g}mb"
+        if not docs.exists():
+            t = time.perf_counter()
+            generate(docs, int(mb * 1e6))
+            print(f"generated {mb:g} MB in {time.perf_counter() - t:.0f} s", flush=True)
+        corpus_bytes = sum(p.stat().st_size for p in docs.glob("*.md"))
+        sizes_bytes[mb] = corpus_bytes
+        mb_s[mb] = {}
+        for n in threads:
+            name = f"scale_{mb:g}mb_{n}t"
+            seconds, result = run_rust(work, docs, name, repeats, binary, threads=n)
+            mb_s[mb][n] = corpus_bytes / 1e6 / seconds
+            t = result["timings"]
+            if n == min(threads):
+                cpu_one[mb] = result["cpu_seconds"]
+            if n == 1 and "serial" in t:
+                serial_share[mb] = t["serial"] / result["cpu_seconds"]
+            phases = " ".join(f"{k} {t[k]:.2f}" for k in ("read", "normalize", "chunk", "dedup", "write", "total"))
+            serial = f", serial {t['serial']:.3f} s" if "serial" in t else ""
+            over = " (more threads than cores)" if n > cores else ""
+            print(f"{corpus_bytes / 1e6:7.1f} MB, {n:3d} threads: {mb_s[mb][n]:8.1f} MB/s{over}; "
+                  f"CPU {result['cpu_seconds']:.2f} s; phases (s) {phases}{serial}", flush=True)
+            outputs.setdefault(mb, set()).add(hashlib.sha256((work / f"{name}.jsonl").read_bytes()).hexdigest())
+            (work / f"{name}.jsonl").unlink()
+    largest, smallest, most = max(sizes), min(sizes), max(threads)
+    one = 1 if 1 in threads else min(threads)
+    efficiency = {mb: mb_s[mb][most] / (most / one * mb_s[mb][one]) for mb in sizes}
+    for mb in sizes:
+        print(f"{mb:g} MB: efficiency at {most} threads {efficiency[mb]:.2f}", flush=True)
+    growth = mb_s[smallest][one] / mb_s[largest][one]
+    share = serial_share.get(largest)
+    print(json.dumps({
+        "efficiency_max_threads": round(efficiency[largest], 3),
+        "cost_growth": round(growth, 3),
+        "max_threads": most,
+        "cores": cores,
+        "efficiency_by_mb": {f"{mb:g}": round(e, 3) for mb, e in efficiency.items()},
+        "mb_s": {f"{mb:g}": {str(n): round(v, 1) for n, v in row.items()} for mb, row in mb_s.items()},
+        "serial_share_1_thread": None if share is None else round(share, 4),
+        "cost_growth_cpu": round(cpu_one[largest] / sizes_bytes[largest] / (cpu_one[smallest] / sizes_bytes[smallest]), 3),
+        "cpu_s_1_thread": {f"{mb:g}": round(cpu_one[mb], 2) for mb in sizes},
+        "amdahl_bound_16_threads": None if share is None else round(1 / (1 + 15 * share), 3),
+        "identical_output_across_threads": all(len(h) == 1 for h in outputs.values()),
+    }))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mb", type=float, default=52.0, help="corpus size in MB (issue asks >= 50)")
+    ap.add_argument("--mb", type=str, default="52",
+                    help="corpus size in MB (issue asks >= 50); with --threads, sizes: 100,800")
     ap.add_argument("--subset-mb", type=float, default=4.0, help="MB run through Python and datasketch")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=None, help="runs per measurement, best kept (5; 2 with --threads)")
+    ap.add_argument("--threads", type=str, default=None, help="scaling mode: thread counts, e.g. 1,2,4,8,16")
+    ap.add_argument("--binary", type=Path, default=None, help="measure this binary instead of building the crate")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="process-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        scaling(work, numbers(args.mb), numbers(args.threads, int), args.repeats or 2, args.binary)
+        return
+    args.repeats = args.repeats or 5
+    sizes = numbers(args.mb)
+    if len(sizes) != 1:
+        ap.error("several --mb sizes need --threads (scaling mode)")
+    args.mb = sizes[0]
     docs, subset = work / "documents", work / "subset"
     if not docs.exists():
         generate(docs, int(args.mb * 1e6))
@@ -135,15 +233,15 @@ def main() -> None:
     print(f"corpus: {corpus_bytes / 1e6:.1f} MB in {len(list(docs.glob('*.md')))} documents; "
           f"subset {size / 1e6:.1f} MB", flush=True)
 
-    rust_s, rust_result = run_rust(work, docs, "rust_full", args.repeats)
+    rust_s, rust_result = run_rust(work, docs, "rust_full", args.repeats, args.binary)
     rust_mb_s = corpus_bytes / 1e6 / rust_s
     print(f"rust: {rust_s:.2f} s ({rust_mb_s:.1f} MB/s), phases {rust_result['timings']}, "
           f"{rust_result['chunks_written']} chunks written, {rust_result['exact_duplicates']} exact and "
           f"{rust_result['near_duplicates']} near duplicates", flush=True)
-    rust1_s, _ = run_rust(work, docs, "rust_1thread", 1, threads=1)
+    rust1_s, _ = run_rust(work, docs, "rust_1thread", 1, args.binary, threads=1)
     print(f"rust, 1 thread: {corpus_bytes / 1e6 / rust1_s:.1f} MB/s", flush=True)
 
-    _, sub_rust = run_rust(work, subset, "rust_subset", 1)
+    _, sub_rust = run_rust(work, subset, "rust_subset", 1, args.binary)
     cfg = config(subset, work / "python_subset.jsonl")
     t = time.perf_counter()
     sub_py = twin.run(cfg)

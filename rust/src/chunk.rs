@@ -52,6 +52,13 @@ impl<'a> Doc<'a> {
             Doc::Wide { text, bytes, .. } => &text[bytes[s]..bytes[e]],
         }
     }
+    /// The byte range of code points [s, e).
+    pub fn byte_range(&self, s: usize, e: usize) -> (usize, usize) {
+        match self {
+            Doc::Ascii(_) => (s, e),
+            Doc::Wide { bytes, .. } => (bytes[s], bytes[e]),
+        }
+    }
     pub fn slice(&self, s: usize, e: usize) -> String {
         self.str(s, e).to_string()
     }

@@ -1,8 +1,9 @@
 //! Exact and near-duplicate detection (SPEC.md, "Dedup").
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::DedupConfig;
+use crate::par;
 
 #[inline]
 pub fn mix64(mut z: u64) -> u64 {
@@ -184,106 +185,212 @@ fn find(parent: &mut [usize], mut x: usize) -> usize {
     x
 }
 
-/// Exact duplicates: identical texts. Returns, for each text, the index of its first occurrence.
-pub fn exact_representatives(texts: &[&str]) -> Vec<usize> {
-    let mut first: HashMap<&str, usize, xxhash_rust::xxh3::Xxh3Builder> =
-        HashMap::with_capacity_and_hasher(texts.len(), Default::default());
-    texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| *first.entry(t).or_insert(i))
-        .collect()
+/// `jaccard(a, b) >= threshold` (sorted, distinct sets), stopping as soon as the elements left
+/// cannot reach it. Most LSH candidates are far below the threshold, and their number grows
+/// with the square of the corpus, so this decides the cost of confirmation.
+pub fn jaccard_at_least(a: &[u64], b: &[u64], threshold: f64) -> bool {
+    let total = a.len() + b.len();
+    // The same float division as `jaccard`; inter / (total - inter) grows with inter, and so
+    // does its rounded value, so "passes" is "inter >= need".
+    let passes = |inter: usize| total > inter && inter as f64 / (total - inter) as f64 >= threshold;
+    let most = a.len().min(b.len());
+    if !passes(most) {
+        return false;
+    }
+    let (mut lo, mut hi) = (0, most);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if passes(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let need = lo;
+    // An element passed over without a match lowers the reachable intersection by one.
+    let (slack_a, slack_b) = (a.len() - need, b.len() - need);
+    let (mut i, mut j, mut inter) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                i += 1;
+                if i - inter > slack_a {
+                    return false;
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                j += 1;
+                if j - inter > slack_b {
+                    return false;
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                inter += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    inter >= need
 }
 
-/// Band keys are already well-mixed 64-bit hashes; hashing them again is wasted work.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl std::hash::Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+/// Exact duplicates: identical texts. Returns, for each text, the index of its first
+/// occurrence. `hashes[i]` is any hash of `texts[i]` (the caller computes it while the text is
+/// in cache): texts are spread over buckets by hash, and each bucket sorted on (hash, index)
+/// and its equal-hash runs compared, all buckets in parallel.
+pub fn exact_representatives(texts: &[&str], hashes: &[u64]) -> Vec<usize> {
+    let keyed: Vec<(u64, u32)> = hashes.par_iter().enumerate().map(|(i, &h)| (h, i as u32)).collect();
+    let buckets = par::buckets_for(keyed.len());
+    let mut groups = par::scatter(&[&keyed[..]], buckets, |&(h, _)| par::top_bits(h, buckets));
+    drop(keyed);
+    let first: Vec<AtomicUsize> = (0..texts.len()).into_par_iter().map(AtomicUsize::new).collect();
+    groups.par_iter_mut().for_each(|group| {
+        group.sort_unstable();
+        for run in group.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+            // In index order, so the first of each distinct text is its representative; more
+            // than one representative only on a hash collision.
+            let mut reps: Vec<u32> = Vec::with_capacity(1);
+            for &(_, i) in run {
+                match reps.iter().find(|&&r| texts[r as usize] == texts[i as usize]) {
+                    Some(&r) => first[i as usize].store(r as usize, Ordering::Relaxed),
+                    None => reps.push(i),
+                }
+            }
+        }
+    });
+    first.into_par_iter().map(AtomicUsize::into_inner).collect()
 }
 
-type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdentityHasher>>;
+/// Texts per block of band keys. Within a block the keys are stored band by band, so
+/// gathering one band reads contiguous runs rather than one cache line per text.
+const KEY_BLOCK: usize = 1024;
+
+/// Candidate pairs `(i << 32) | j`, `i < j`, of the eligible texts sharing their key in `band`
+/// (`keys`: one vector per block of KEY_BLOCK texts, band-major). Equal keys are grouped by
+/// partitioning on the key's top bits into buckets of a few hundred entries, then sorting each:
+/// the work per entry stays the same however large the corpus (a hash table per band would
+/// outgrow the caches).
+fn band_pairs(keys: &[Vec<u64>], bands: usize, band: usize, eligible: &[bool]) -> Vec<u64> {
+    let mut entries: Vec<(u64, u32)> = Vec::with_capacity(eligible.len());
+    for (b, block) in keys.iter().enumerate() {
+        let len = block.len() / bands;
+        let base = b * KEY_BLOCK;
+        for (k, &key) in block[band * len..(band + 1) * len].iter().enumerate() {
+            if eligible[base + k] {
+                entries.push((key, (base + k) as u32));
+            }
+        }
+    }
+    let bits = (entries.len() / 256).max(1).next_power_of_two().trailing_zeros();
+    let part = |key: u64| if bits == 0 { 0 } else { (key >> (64 - bits)) as usize };
+    let mut starts = vec![0usize; (1 << bits) + 1];
+    for &(k, _) in &entries {
+        starts[part(k) + 1] += 1;
+    }
+    for p in 1..starts.len() {
+        starts[p] += starts[p - 1];
+    }
+    let mut next = starts.clone();
+    let mut grouped = vec![(0u64, 0u32); entries.len()];
+    for &e in &entries {
+        let slot = &mut next[part(e.0)];
+        grouped[*slot] = e;
+        *slot += 1;
+    }
+    drop(entries);
+    let mut pairs = Vec::new();
+    for w in starts.windows(2) {
+        let bucket = &mut grouped[w[0]..w[1]];
+        bucket.sort_unstable();
+        for run in bucket.chunk_by(|a, b| a.0 == b.0) {
+            for (x, &(_, i)) in run.iter().enumerate() {
+                for &(_, j) in &run[x + 1..] {
+                    pairs.push(((i as u64) << 32) | j as u64);
+                }
+            }
+        }
+    }
+    pairs
+}
 
 /// Near duplicates: union-find components over LSH candidate pairs confirmed by exact Jaccard
 /// of the shingle sets. Returns, for each text, the smallest index in its component.
 pub fn near_representatives(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
     let perms = Permutations::new(cfg.num_perm, cfg.seed);
-    // Shingle hashes and a signature per text; repeated shingles do not change a minimum, so
-    // no sort is needed yet. None: no words, not eligible.
-    let mut hashed: Vec<(Vec<u64>, Option<Vec<u32>>)> = texts
-        .par_iter()
-        .map_init(Vec::new, |toks, t| {
-            let mut hashes = Vec::new();
-            shingle_hashes(t, cfg.shingle_size, toks, &mut hashes);
-            let sig = (!hashes.is_empty()).then(|| perms.signature(&hashes));
-            (hashes, sig)
-        })
-        .collect();
-    let sigs: Vec<Option<Vec<u32>>> = hashed.iter_mut().map(|(_, s)| s.take()).collect();
-    let mut sets: Vec<Vec<u64>> = hashed.into_iter().map(|(h, _)| h).collect();
-    let rows = cfg.num_perm / cfg.bands;
-    let mut pairs: Vec<(u32, u32)> = (0..cfg.bands)
-        .into_par_iter()
-        .flat_map_iter(|band| {
-            // Buckets as chains: `last` maps a key to its latest member, `prev` links each
-            // member to the one before it in the same bucket.
-            let mut last: KeyMap<u32> = KeyMap::with_capacity_and_hasher(sigs.len(), Default::default());
-            let mut prev = vec![u32::MAX; sigs.len()];
-            let mut pairs = Vec::new();
-            for (j, sig) in sigs.iter().enumerate() {
-                let Some(sig) = sig else { continue };
-                let key = band_key(&sig[band * rows..(band + 1) * rows]);
-                if let Some(head) = last.insert(key, j as u32) {
-                    prev[j] = head;
-                    let mut i = head;
-                    while i != u32::MAX {
-                        pairs.push((i, j as u32));
-                        i = prev[i as usize];
+    let (bands, rows) = (cfg.bands, cfg.num_perm / cfg.bands);
+    // One pass per text while it is in cache: its shingle set (sorted, distinct) and its band
+    // keys; the signature itself is not kept. An empty set (no words) is not eligible.
+    let (sets, keys): (Vec<Vec<Box<[u64]>>>, Vec<Vec<u64>>) = texts
+        .par_chunks(KEY_BLOCK)
+        .map(|texts| {
+            let mut toks = Vec::new();
+            let mut keys = vec![0u64; texts.len() * bands];
+            let sets = texts
+                .iter()
+                .enumerate()
+                .map(|(k, t)| {
+                    let mut set = Vec::new();
+                    shingle_hashes(t, cfg.shingle_size, &mut toks, &mut set);
+                    set.sort_unstable();
+                    set.dedup();
+                    if !set.is_empty() {
+                        let sig = perms.signature(&set);
+                        for b in 0..bands {
+                            keys[b * texts.len() + k] = band_key(&sig[b * rows..(b + 1) * rows]);
+                        }
                     }
-                }
-            }
+                    set.into_boxed_slice()
+                })
+                .collect();
+            (sets, keys)
+        })
+        .unzip();
+    let set = |i: u64| &sets[i as usize / KEY_BLOCK][i as usize % KEY_BLOCK];
+    let eligible: Vec<bool> = (0..texts.len() as u64)
+        .into_par_iter()
+        .map(|i| !set(i).is_empty())
+        .collect();
+    let per_band: Vec<Vec<u64>> = (0..bands)
+        .into_par_iter()
+        .map(|band| band_pairs(&keys, bands, band, &eligible))
+        .collect();
+    drop(keys);
+    // A pair found in several bands is confirmed once: equal pairs meet in one bucket.
+    let slices: Vec<&[u64]> = per_band.iter().map(|p| p.as_slice()).collect();
+    let buckets = par::buckets_for(slices.iter().map(|s| s.len()).sum());
+    let mut groups = par::scatter(&slices, buckets, |&p| par::top_bits(mix64(p), buckets));
+    drop(per_band);
+    let edges: Vec<Vec<u64>> = groups
+        .par_iter_mut()
+        .map(|pairs| {
+            pairs.sort_unstable();
+            pairs.dedup();
             pairs
+                .iter()
+                .copied()
+                .filter(|&p| jaccard_at_least(set(p >> 32), set(p & 0xFFFF_FFFF), cfg.threshold))
+                .collect()
         })
         .collect();
-    pairs.par_sort_unstable();
-    pairs.dedup();
-    // Exact shingle sets (sorted, distinct), only for texts that are in some candidate pair.
-    let mut involved = vec![false; texts.len()];
-    for &(i, j) in &pairs {
-        involved[i as usize] = true;
-        involved[j as usize] = true;
-    }
-    sets.par_iter_mut()
-        .zip(&involved)
-        .filter(|(_, inv)| **inv)
-        .for_each(|(s, _)| {
-            s.sort_unstable();
-            s.dedup();
-        });
-    let set = |i: u32| &sets[i as usize];
-    let edges: Vec<(u32, u32)> = pairs
-        .into_par_iter()
-        .filter(|&(i, j)| jaccard(set(i), set(j)) >= cfg.threshold)
-        .collect();
-    let mut parent: Vec<usize> = (0..texts.len()).collect();
-    for (i, j) in edges {
-        let (ri, rj) = (find(&mut parent, i as usize), find(&mut parent, j as usize));
+    // Roots are always the smaller index, so every parent pointer goes down.
+    let mut parent: Vec<usize> = (0..texts.len()).into_par_iter().collect();
+    for &p in edges.iter().flatten() {
+        let (ri, rj) = (
+            find(&mut parent, (p >> 32) as usize),
+            find(&mut parent, (p & 0xFFFF_FFFF) as usize),
+        );
         if ri != rj {
-            // The smaller index is the root, so the root is the component's earliest text.
             let (lo, hi) = if ri < rj { (ri, rj) } else { (rj, ri) };
             parent[hi] = lo;
         }
     }
-    (0..texts.len()).map(|i| find(&mut parent, i)).collect()
+    // Parents point to smaller indices, so in index order each parent is already a root.
+    for i in 0..parent.len() {
+        parent[i] = parent[parent[i]];
+    }
+    // Many small allocations: freed by all threads rather than by the caller alone.
+    sets.into_par_iter().for_each(drop);
+    parent
 }
 
 #[cfg(test)]
@@ -321,6 +428,42 @@ mod tests {
     }
 
     #[test]
+    fn jaccard_at_least_agrees_with_jaccard() {
+        // Pseudo-random sorted sets of many sizes and overlaps, thresholds on and around the
+        // exact ratios: the early exit never changes the answer.
+        let mut state = 11u64;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            mix64(state)
+        };
+        for _ in 0..3000 {
+            let common = (next() % 40) as usize;
+            let (only_a, only_b) = ((next() % 12) as usize, (next() % 12) as usize);
+            let shared: Vec<u64> = (0..common).map(|_| next() % 500).collect();
+            let mut a: Vec<u64> = shared
+                .iter()
+                .copied()
+                .chain((0..only_a).map(|_| next() % 500))
+                .collect();
+            let mut b: Vec<u64> = shared
+                .iter()
+                .copied()
+                .chain((0..only_b).map(|_| next() % 500))
+                .collect();
+            for s in [&mut a, &mut b] {
+                s.sort_unstable();
+                s.dedup();
+            }
+            let j = jaccard(&a, &b);
+            for t in [j, j - 1e-12, j + 1e-12, 0.5, 0.8, 1.0, 1e-9] {
+                if t > 0.0 && t <= 1.0 {
+                    assert_eq!(jaccard_at_least(&a, &b, t), j >= t, "{a:?} {b:?} {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn near_duplicates_cluster_and_keep_the_earliest() {
         let base: Vec<String> = (0..60).map(|i| format!("word{i}")).collect();
         let mut edited = base.clone();
@@ -331,8 +474,112 @@ mod tests {
         assert_eq!(reps, vec![0, 1, 1]);
     }
 
+    /// SPEC.md "Dedup" done the plain way: a hash table per band, every pair of a bucket,
+    /// exact Jaccard, union-find. The parallel version must agree with it.
+    fn near_reference(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
+        let perms = Permutations::new(cfg.num_perm, cfg.seed);
+        let rows = cfg.num_perm / cfg.bands;
+        let sets: Vec<Vec<u64>> = texts.iter().map(|t| shingles(t, cfg.shingle_size)).collect();
+        let mut pairs = std::collections::BTreeSet::new();
+        for band in 0..cfg.bands {
+            let mut buckets: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+            for (i, s) in sets.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+                let sig = perms.signature(s);
+                buckets
+                    .entry(band_key(&sig[band * rows..(band + 1) * rows]))
+                    .or_default()
+                    .push(i);
+            }
+            for members in buckets.values() {
+                for (x, &i) in members.iter().enumerate() {
+                    for &j in &members[x + 1..] {
+                        pairs.insert((i, j));
+                    }
+                }
+            }
+        }
+        let mut parent: Vec<usize> = (0..texts.len()).collect();
+        for (i, j) in pairs {
+            if jaccard(&sets[i], &sets[j]) >= cfg.threshold {
+                let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
+                parent[ri.max(rj)] = ri.min(rj);
+            }
+        }
+        (0..texts.len()).map(|i| find(&mut parent, i)).collect()
+    }
+
+    /// Texts from a small vocabulary: many near-duplicates (a word or two changed), some exact
+    /// repeats, some empty; enough of them that every stage splits into many buckets.
+    fn corpus(n: usize) -> Vec<String> {
+        let mut state = 5u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            mix64(state)
+        };
+        let vocab: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+        let mut out: Vec<String> = Vec::with_capacity(n);
+        while out.len() < n {
+            let r = next() % 10;
+            if r < 4 && !out.is_empty() {
+                let base = out[(next() % out.len() as u64) as usize].clone();
+                let mut words: Vec<&str> = base.split(' ').collect();
+                let k = (next() % words.len() as u64) as usize;
+                words[k] = &vocab[(next() % 300) as usize];
+                out.push(words.join(" "));
+            } else if r < 5 && !out.is_empty() {
+                out.push(out[(next() % out.len() as u64) as usize].clone());
+            } else if r < 6 {
+                out.push(String::new());
+            } else {
+                let len = 8 + next() % 30;
+                out.push(
+                    (0..len)
+                        .map(|_| vocab[(next() % 300) as usize].as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn near_duplicates_match_the_plain_algorithm_at_scale() {
+        let texts = corpus(20_000);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let cfg = DedupConfig {
+            shingle_size: 2,
+            threshold: 0.5,
+            ..cfg()
+        };
+        let reps = near_representatives(&refs, &cfg);
+        assert_eq!(reps, near_reference(&refs, &cfg));
+        assert!(
+            reps.iter().enumerate().filter(|(i, r)| i != *r).count() > 1000,
+            "near-duplicates found"
+        );
+    }
+
+    #[test]
+    fn exact_duplicates_match_a_hash_map_at_scale() {
+        let texts = corpus(60_000);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let hashes: Vec<u64> = refs.iter().map(|t| xxhash_rust::xxh3::xxh3_64(t.as_bytes())).collect();
+        let mut first: std::collections::HashMap<&str, usize> = Default::default();
+        let expected: Vec<usize> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| *first.entry(t).or_insert(i))
+            .collect();
+        assert_eq!(exact_representatives(&refs, &hashes), expected);
+    }
+
     #[test]
     fn exact_representatives_point_to_first() {
-        assert_eq!(exact_representatives(&["a", "b", "a", "b", "c"]), vec![0, 1, 0, 1, 4]);
+        let texts = ["a", "b", "a", "b", "c"];
+        let hashes: Vec<u64> = texts.iter().map(|t| xxhash_rust::xxh3::xxh3_64(t.as_bytes())).collect();
+        assert_eq!(exact_representatives(&texts, &hashes), vec![0, 1, 0, 1, 4]);
+        // A hash collision between different texts keeps them apart.
+        assert_eq!(exact_representatives(&texts, &[7; 5]), vec![0, 1, 0, 1, 4]);
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod dedup;
 pub mod error;
 pub mod normalize;
+pub mod par;
 pub mod signals;
 pub mod structure;
 
@@ -12,6 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use config::Config;
@@ -34,14 +36,23 @@ pub struct Chunk<'a> {
     pub signals: &'a Signals,
 }
 
-/// A chunk before its signals are known: where it is and what section it belongs to.
-struct Piece<'a> {
-    doc: usize,
+/// A chunk before its signals are known: where it is, its section, a hash of its text.
+struct Piece {
     index: usize,
+    /// Code points, as in the output.
     start: usize,
     end: usize,
+    /// Bytes of the normalized text.
+    bytes: std::ops::Range<usize>,
     section: usize,
-    text: &'a str,
+    hash: u64,
+}
+
+/// A document read, normalized and chunked.
+struct DocOut {
+    text: String,
+    sections: Vec<chunk::Section>,
+    pieces: Vec<Piece>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +78,9 @@ pub struct Timings {
     pub dedup: f64,
     pub write: f64,
     pub total: f64,
+    /// CPU seconds of the calling thread: the work that no other thread shares (the rest runs
+    /// on the pool while this thread waits). Amdahl's law bounds the speed-up by it.
+    pub serial: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,9 +95,65 @@ pub struct ProcessResult {
     pub exact_duplicates: usize,
     pub near_duplicates: usize,
     pub chunks_written: usize,
-    pub clusters: Vec<Cluster>,
+    /// The clusters as JSON: batches of comma-separated Cluster objects, serialized in
+    /// parallel (at corpus scale they are most of the result); `to_json` puts them in place.
+    #[serde(skip)]
+    pub clusters: Vec<String>,
     pub timings: Timings,
     pub mb_per_s: f64,
+}
+
+impl ProcessResult {
+    /// The result as one JSON object, `clusters` before `timings` (SPEC.md, "Output").
+    pub fn to_json(&self) -> String {
+        let rest = serde_json::to_string(self).expect("result serializes");
+        let at = rest.rfind(",\"timings\":").expect("timings key");
+        let batches: Vec<&str> = self
+            .clusters
+            .iter()
+            .map(String::as_str)
+            .filter(|b| !b.is_empty())
+            .collect();
+        let mut out = String::with_capacity(rest.len() + batches.iter().map(|b| b.len() + 1).sum::<usize>() + 16);
+        out.push_str(&rest[..at]);
+        out.push_str(",\"clusters\":[");
+        out.push_str(&batches.join(","));
+        out.push(']');
+        out.push_str(&rest[at..]);
+        out
+    }
+}
+
+/// Serializes the clusters of sorted `(kept << 32 | duplicate)` pairs in parallel batches.
+fn cluster_batches(kind: &'static str, pairs: &[u64], id: &(impl Fn(usize) -> String + Sync)) -> Vec<String> {
+    // Batch bounds moved forward to a cluster's start, so no cluster is split.
+    let parts = 256.min(pairs.len().max(1));
+    let mut bounds: Vec<usize> = (0..=parts).map(|k| k * pairs.len() / parts).collect();
+    for k in 1..parts {
+        let mut b = bounds[k].max(bounds[k - 1]);
+        while b > 0 && b < pairs.len() && pairs[b] >> 32 == pairs[b - 1] >> 32 {
+            b += 1;
+        }
+        bounds[k] = b;
+    }
+    bounds
+        .par_windows(2)
+        .map(|w| {
+            let mut out = String::new();
+            for group in pairs[w[0]..w[1]].chunk_by(|a, b| a >> 32 == b >> 32) {
+                let c = Cluster {
+                    kind,
+                    kept: id((group[0] >> 32) as usize),
+                    duplicates: group.iter().map(|&p| id((p & 0xFFFF_FFFF) as usize)).collect(),
+                };
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(&c).expect("cluster serializes"));
+            }
+            out
+        })
+        .collect()
 }
 
 /// The documents to read: `<input_dir>/*.md`, sorted by doc id (the file stem).
@@ -92,15 +162,18 @@ pub fn list_documents(dir: &Path) -> Result<Vec<(String, PathBuf)>, Failure> {
         std::fs::read_dir(dir).map_err(|e| Failure::new("input", format!("cannot list documents: {e}"), dir))?;
     let mut docs = Vec::new();
     for entry in entries {
-        let path = entry
-            .map_err(|e| Failure::new("input", format!("cannot list documents: {e}"), dir))?
-            .path();
+        let entry = entry.map_err(|e| Failure::new("input", format!("cannot list documents: {e}"), dir))?;
+        let path = entry.path();
         let name = match path.file_name().and_then(|n| n.to_str()) {
             Some(n) => n,
             None => continue,
         };
         if let Some(stem) = name.strip_suffix(".md") {
-            if !stem.is_empty() && path.is_file() {
+            // The entry's type needs no extra system call; a link is followed, as is_file does.
+            let is_file = entry
+                .file_type()
+                .is_ok_and(|t| t.is_file() || (t.is_symlink() && path.is_file()));
+            if !stem.is_empty() && is_file {
                 docs.push((stem.to_string(), path.clone()));
             }
         }
@@ -118,7 +191,7 @@ fn passes(s: &Signals, f: &config::FilterConfig) -> bool {
 
 /// Writes what `fill` produces to a temp file beside `path`, syncs it, then renames it over
 /// `path`: a reader never sees a partial file.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Failure> {
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut (dyn Write + Send)) -> std::io::Result<()>) -> Result<(), Failure> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -128,9 +201,9 @@ fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Resul
     let io = |e: std::io::Error| Failure::new("output", format!("cannot write output: {e}"), path);
     let result = (|| {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
+        let mut f = EarlyWriteback::new(std::fs::File::create(&tmp).map_err(io)?);
         fill(&mut f).map_err(io)?;
-        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+        let f = f.finish().map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     })();
@@ -140,193 +213,359 @@ fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Resul
     result
 }
 
-pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
-    let t0 = Instant::now();
-    let mut timings = Timings::default();
-    let docs = list_documents(&cfg.input_dir)?;
+/// A buffered file writer that starts the disk writes of each full 8 MiB region as it goes,
+/// so the final sync waits for the last region only instead of the whole file.
+struct EarlyWriteback {
+    out: std::io::BufWriter<std::fs::File>,
+    written: u64,
+    started: u64,
+}
 
-    let t = Instant::now();
-    let raw: Vec<Result<Vec<u8>, std::io::Error>> = docs.par_iter().map(|(_, p)| std::fs::read(p)).collect();
-    let bytes_in: u64 = raw.iter().map(|r| r.as_ref().map_or(0, |b| b.len() as u64)).sum();
-    let mut failures = Vec::new();
-    let mut texts: Vec<String> = Vec::with_capacity(docs.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let (doc_id, path) = &docs[i];
-        let failure = |kind: &str, message: String| DocFailure {
-            doc_id: doc_id.clone(),
-            path: path.display().to_string(),
-            kind: kind.into(),
-            message,
-        };
-        match r {
-            Err(e) => failures.push(failure("read_error", format!("cannot read document: {e}"))),
-            Ok(b) => match String::from_utf8(b) {
-                Ok(s) => texts.push(s),
-                Err(e) => failures.push(failure(
-                    "invalid_utf8",
-                    format!("document is not UTF-8: {}", e.utf8_error()),
-                )),
-            },
+impl EarlyWriteback {
+    const REGION: u64 = 8 << 20;
+
+    fn new(f: std::fs::File) -> Self {
+        EarlyWriteback {
+            out: std::io::BufWriter::with_capacity(1 << 20, f),
+            written: 0,
+            started: 0,
         }
     }
-    timings.read = t.elapsed().as_secs_f64();
 
-    let t = Instant::now();
-    let normalizer = normalize::Normalizer::new(&cfg.normalize);
-    // Each raw text becomes its normalized text in place.
-    let normalized: Vec<String> = texts.into_par_iter().map(|s| normalizer.normalize_owned(s)).collect();
-    timings.normalize = t.elapsed().as_secs_f64();
+    fn finish(self) -> std::io::Result<std::fs::File> {
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
 
-    let t = Instant::now();
-    let ok_docs: Vec<&str> = {
-        let failed: std::collections::HashSet<&str> = failures.iter().map(|f| f.doc_id.as_str()).collect();
-        docs.iter()
-            .map(|(id, _)| id.as_str())
-            .filter(|id| !failed.contains(id))
-            .collect()
-    };
-    let chunked: Vec<(Vec<chunk::Section>, Vec<Piece>)> = normalized
-        .par_iter()
-        .enumerate()
-        .map(|(doc, text)| {
-            let d = chunk::Doc::new(text);
-            let (sections, spans) = chunk::chunk(&d, &cfg.chunk);
-            let pieces = spans
-                .into_iter()
-                .enumerate()
-                .map(|(index, sp)| Piece {
-                    doc,
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&mut self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.out.flush()?;
+        let fd = self.out.get_ref().as_raw_fd();
+        // Safe: a plain system call on an open descriptor. Only a hint: sync_all still decides
+        // durability, so a failure here is not an error.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                self.started as libc::off64_t,
+                (self.written - self.started) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        self.started = self.written;
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for EarlyWriteback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= Self::REGION {
+            self.start_writeback()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Busy nanoseconds of all threads per phase of the document pass.
+#[derive(Default)]
+struct Busy {
+    read: AtomicU64,
+    normalize: AtomicU64,
+    chunk: AtomicU64,
+}
+
+impl Busy {
+    fn add(counter: &AtomicU64, since: &mut Instant) {
+        let now = Instant::now();
+        counter.fetch_add((now - *since).as_nanos() as u64, Ordering::Relaxed);
+        *since = now;
+    }
+}
+
+thread_local! {
+    /// Per-thread read and normalize buffers, reused from one document to the next.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = Default::default();
+}
+
+/// Reads, checks, normalizes and chunks one document; (bytes read, result or failure kind and
+/// message). One task per document keeps its text in cache from reading to hashing its chunks.
+fn process_document(
+    path: &Path,
+    normalizer: &normalize::Normalizer,
+    cfg: &config::ChunkConfig,
+    busy: &Busy,
+) -> (u64, Result<DocOut, (&'static str, String)>) {
+    BUFFERS.with_borrow_mut(|(buf, scratch)| {
+        let mut t = Instant::now();
+        buf.clear();
+        let read = std::fs::File::open(path).and_then(|mut f| {
+            use std::io::Read;
+            f.read_to_end(buf)
+        });
+        if let Err(e) = read {
+            return (0, Err(("read_error", format!("cannot read document: {e}"))));
+        }
+        let bytes = buf.len() as u64;
+        if let Err(e) = std::str::from_utf8(buf) {
+            return (bytes, Err(("invalid_utf8", format!("document is not UTF-8: {e}"))));
+        }
+        Busy::add(&busy.read, &mut t);
+        let text = normalizer.normalize_in(buf, scratch);
+        Busy::add(&busy.normalize, &mut t);
+        let d = chunk::Doc::new(&text);
+        let (sections, spans) = chunk::chunk(&d, cfg);
+        let pieces = spans
+            .into_iter()
+            .enumerate()
+            .map(|(index, sp)| {
+                let (s, e) = d.byte_range(sp.start, sp.end);
+                Piece {
                     index,
                     start: sp.start,
                     end: sp.end,
+                    bytes: s..e,
                     section: sp.section,
-                    text: d.str(sp.start, sp.end),
-                })
-                .collect();
-            (sections, pieces)
+                    hash: xxhash_rust::xxh3::xxh3_64(&text.as_bytes()[s..e]),
+                }
+            })
+            .collect();
+        drop(d);
+        Busy::add(&busy.chunk, &mut t);
+        (bytes, Ok(DocOut { text, sections, pieces }))
+    })
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Safe: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
+}
+
+pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
+    let t0 = Instant::now();
+    let cpu0 = thread_cpu_seconds();
+    let mut timings = Timings::default();
+    let docs = list_documents(&cfg.input_dir)?;
+
+    // Read, normalize and chunk, one parallel task per document. The phases share one pass;
+    // each is given the share of its wall time that all threads spent in it.
+    let t = Instant::now();
+    let normalizer = normalize::Normalizer::new(&cfg.normalize);
+    let busy = Busy::default();
+    let done: Vec<(u64, Result<DocOut, (&'static str, String)>)> = docs
+        .par_iter()
+        .map(|(_, path)| process_document(path, &normalizer, &cfg.chunk, &busy))
+        .collect();
+    let bytes_in: u64 = done.iter().map(|(b, _)| b).sum();
+    let mut failures = Vec::new();
+    let mut ok_docs: Vec<&str> = Vec::with_capacity(docs.len());
+    let mut outs: Vec<DocOut> = Vec::with_capacity(docs.len());
+    for ((doc_id, path), (_, r)) in docs.iter().zip(done) {
+        match r {
+            Ok(out) => {
+                ok_docs.push(doc_id);
+                outs.push(out);
+            }
+            Err((kind, message)) => failures.push(DocFailure {
+                doc_id: doc_id.clone(),
+                path: path.display().to_string(),
+                kind: kind.into(),
+                message,
+            }),
+        }
+    }
+    let pass = t.elapsed().as_secs_f64();
+    let [read, norm, chunked] = [&busy.read, &busy.normalize, &busy.chunk].map(|c| c.load(Ordering::Relaxed) as f64);
+    let all = (read + norm + chunked).max(1.0);
+    (timings.read, timings.normalize, timings.chunk) = (pass * read / all, pass * norm / all, pass * chunked / all);
+
+    // Global order: documents in input order, chunks by index.
+    let t = Instant::now();
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(outs.iter().scan(0, |n, o| {
+            *n += o.pieces.len();
+            Some(*n)
+        }))
+        .collect();
+    let pieces: Vec<(usize, &Piece)> = (0..starts[outs.len()])
+        .into_par_iter()
+        .map(|i| {
+            let d = starts.partition_point(|&s| s <= i) - 1;
+            (d, &outs[d].pieces[i - starts[d]])
         })
         .collect();
-    let pieces: Vec<&Piece> = chunked.iter().flat_map(|(_, p)| p.iter()).collect();
-    timings.chunk = t.elapsed().as_secs_f64();
-
+    let text = |i: usize| {
+        let (d, p) = pieces[i];
+        &outs[d].text[p.bytes.clone()]
+    };
+    let texts: Vec<&str> = (0..pieces.len()).into_par_iter().map(text).collect();
     // Identical texts have identical signals and filter outcomes, so exact duplicates are
     // found first and signals computed once per distinct text; the result is the same as
     // filtering first.
-    let t = Instant::now();
-    let texts: Vec<&str> = pieces.iter().map(|p| p.text).collect();
     let first: Vec<usize> = if cfg.dedup.exact {
-        dedup::exact_representatives(&texts)
+        let hashes: Vec<u64> = pieces.par_iter().map(|(_, p)| p.hash).collect();
+        dedup::exact_representatives(&texts, &hashes)
     } else {
         (0..texts.len()).collect()
     };
     let mut dedup_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let distinct: Vec<usize> = (0..pieces.len()).filter(|&i| first[i] == i).collect();
-    let computed: Vec<Signals> = distinct
-        .par_iter()
-        .map(|&i| signals::signals(pieces[i].text, pieces[i].end - pieces[i].start, cfg.chunk.max_chars))
+    let signals: Vec<Option<Signals>> = (0..pieces.len())
+        .into_par_iter()
+        .map(|i| {
+            let p = pieces[i].1;
+            (first[i] == i).then(|| signals::signals(texts[i], p.end - p.start, cfg.chunk.max_chars))
+        })
         .collect();
-    let mut sig_of: Vec<Option<&Signals>> = vec![None; pieces.len()];
-    for (&i, s) in distinct.iter().zip(&computed) {
-        sig_of[i] = Some(s);
-    }
-    let passing: Vec<usize> = (0..pieces.len())
-        .filter(|&i| passes(sig_of[first[i]].expect("signals"), &cfg.filters))
-        .collect();
+    let sig_of = |i: usize| signals[first[i]].as_ref().expect("signals of the first occurrence");
+    let passing = par::filter_indices(pieces.len(), |i| passes(sig_of(i), &cfg.filters));
     let chunks_total = pieces.len();
     let chunks_filtered = chunks_total - passing.len();
     timings.chunk += t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let unique: Vec<usize> = passing.iter().copied().filter(|&i| first[i] == i).collect();
+    let unique: Vec<usize> = {
+        let keep = par::filter_indices(passing.len(), |k| first[passing[k]] == passing[k]);
+        keep.into_par_iter().map(|k| passing[k]).collect()
+    };
     let near: Vec<usize> = if cfg.dedup.near {
-        let utexts: Vec<&str> = unique.iter().map(|&i| texts[i]).collect();
-        dedup::near_representatives(&utexts, &cfg.dedup)
-            .into_iter()
-            .map(|r| unique[r])
-            .collect()
+        let utexts: Vec<&str> = unique.par_iter().map(|&i| texts[i]).collect();
+        let reps = dedup::near_representatives(&utexts, &cfg.dedup);
+        reps.into_par_iter().map(|r| unique[r]).collect()
     } else {
         unique.clone()
     };
-    let id = |i: &usize| format!("{}#{}", ok_docs[pieces[*i].doc], pieces[*i].index);
-    let mut exact_groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for &i in &passing {
-        if first[i] != i {
-            exact_groups.entry(first[i]).or_default().push(i);
-        }
-    }
-    let mut near_groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for (u, &r) in unique.iter().zip(&near) {
-        if r != *u {
-            near_groups.entry(r).or_default().push(*u);
-        }
-    }
-    let mut clusters = Vec::new();
-    for (kind, groups) in [("exact", &exact_groups), ("near", &near_groups)] {
-        for (r, dups) in groups.iter() {
-            clusters.push(Cluster {
-                kind,
-                kept: id(r),
-                duplicates: dups.iter().map(id).collect(),
-            });
-        }
-    }
-    let exact_duplicates: usize = exact_groups.values().map(Vec::len).sum();
-    let near_duplicates: usize = near_groups.values().map(Vec::len).sum();
-    let written: Vec<usize> = unique
-        .iter()
-        .zip(&near)
-        .filter(|(u, r)| *u == *r)
-        .map(|(u, _)| *u)
-        .collect();
+    let id = |i: usize| format!("{}#{}", ok_docs[pieces[i].0], pieces[i].1.index);
+    // (kept << 32 | duplicate) pairs, sorted: clusters in the kept chunk's order, duplicates
+    // in order.
+    let pack = |kept: usize, dup: usize| ((kept as u64) << 32) | dup as u64;
+    let limit = (pieces.len() as u64 + 1) << 32;
+    let sorted = |parts: Vec<Vec<u64>>| {
+        let slices: Vec<&[u64]> = parts.iter().map(|p| p.as_slice()).collect();
+        par::sorted_distinct(&slices, limit)
+    };
+    let exact_pairs = sorted(
+        passing
+            .par_chunks(1 << 15)
+            .map(|c| {
+                c.iter()
+                    .filter(|&&i| first[i] != i)
+                    .map(|&i| pack(first[i], i))
+                    .collect()
+            })
+            .collect(),
+    );
+    let near_pairs = sorted(
+        unique
+            .par_chunks(1 << 15)
+            .zip(near.par_chunks(1 << 15))
+            .map(|(u, r)| {
+                u.iter()
+                    .zip(r)
+                    .filter(|(u, r)| u != r)
+                    .map(|(&u, &r)| pack(r, u))
+                    .collect()
+            })
+            .collect(),
+    );
+    let mut clusters = cluster_batches("exact", &exact_pairs, &id);
+    clusters.extend(cluster_batches("near", &near_pairs, &id));
+    let written: Vec<usize> = {
+        let keep = par::filter_indices(unique.len(), |k| near[k] == unique[k]);
+        keep.into_par_iter().map(|k| unique[k]).collect()
+    };
     dedup_seconds += t.elapsed().as_secs_f64();
     timings.dedup = dedup_seconds;
 
     let t = Instant::now();
-    let line = |&i: &usize| {
-        let p = pieces[i];
-        let section = &chunked[p.doc].0[p.section];
+    let line = |v: &mut Vec<u8>, i: usize| {
+        let (d, p) = pieces[i];
+        let section = &outs[d].sections[p.section];
         let c = Chunk {
-            id: id(&i),
-            doc_id: ok_docs[p.doc],
+            id: id(i),
+            doc_id: ok_docs[d],
             index: p.index,
             section_path: &section.path,
             heading: &section.heading,
             kind: section.kind,
             start: p.start,
             end: p.end,
-            text: p.text,
-            signals: sig_of[i].expect("signals"),
+            text: texts[i],
+            signals: sig_of(i),
         };
-        let mut v = Vec::with_capacity(p.text.len() + 512);
-        serde_json::to_writer(&mut v, &c).expect("chunk serializes");
+        serde_json::to_writer(&mut *v, &c).expect("chunk serializes");
         v.push(b'\n');
-        v
     };
-    // Serialized in parallel batches, written in order; batches keep memory small and reused.
+    // Batches are serialized in parallel while a writer thread writes the previous batch:
+    // writing overlaps the work instead of following it.
     write_atomic(&cfg.output_path, |f| {
-        for batch in written.chunks(2048) {
-            for l in batch.par_iter().map(line).collect::<Vec<_>>() {
-                f.write_all(&l)?;
+        const BATCH: usize = 8192;
+        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || -> std::io::Result<()> {
+                for batch in receive {
+                    for block in batch {
+                        f.write_all(&block)?;
+                    }
+                }
+                Ok(())
+            });
+            for batch in written.chunks(BATCH) {
+                let blocks: Vec<Vec<u8>> = batch
+                    .par_chunks(64)
+                    .map(|lines| {
+                        let mut v = Vec::with_capacity(lines.len() * (cfg.chunk.max_chars + 512));
+                        for &i in lines {
+                            line(&mut v, i);
+                        }
+                        v
+                    })
+                    .collect();
+                if send.send(blocks).is_err() {
+                    break; // the writer failed; its error is returned below
+                }
             }
-        }
-        Ok(())
+            drop(send);
+            writer.join().expect("writer thread")
+        })
     })?;
     timings.write = t.elapsed().as_secs_f64();
+    let documents = outs.len();
+    let chunks_written = written.len();
+    // Freed by all threads: one thread alone would take a noticeable share of the run.
+    drop((texts, pieces, signals));
+    outs.into_par_iter().for_each(drop);
     timings.total = t0.elapsed().as_secs_f64();
+    timings.serial = thread_cpu_seconds() - cpu0;
 
     Ok(ProcessResult {
         engine: "rust",
-        documents: docs.len() - failures.len(),
+        documents,
         documents_failed: failures.len(),
         failures,
         bytes_in,
         chunks_total,
         chunks_filtered,
-        exact_duplicates,
-        near_duplicates,
-        chunks_written: written.len(),
+        exact_duplicates: exact_pairs.len(),
+        near_duplicates: near_pairs.len(),
+        chunks_written,
         clusters,
         mb_per_s: bytes_in as f64 / 1e6 / timings.total.max(1e-9),
         timings,

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     }
     match edp::run(&cfg) {
         Ok(result) => {
-            println!("{}", serde_json::to_string(&result).expect("result serializes"));
+            println!("{}", result.to_json());
             ExitCode::SUCCESS
         }
         Err(f) => fail(f),

@@ -73,26 +73,28 @@ impl Normalizer {
     }
 
     pub fn normalize(&self, raw: &str) -> String {
-        self.normalize_owned(raw.to_string())
+        let (mut buf, mut scratch) = (raw.as_bytes().to_vec(), Vec::new());
+        self.normalize_in(&mut buf, &mut scratch)
     }
 
-    /// Normalizes in place where it can: the line pass only ever shrinks the text, so it
-    /// compacts the buffer it reads (fresh memory is costly at corpus scale).
-    pub fn normalize_owned(&self, raw: String) -> String {
+    /// Normalizes the UTF-8 text in `buf`, working in `buf` and `scratch` (both left with
+    /// unspecified contents). A caller that keeps the two per thread normalizes a corpus
+    /// without fresh memory per document: only the result is allocated (first-touch page
+    /// faults cost more than the normalization itself).
+    pub fn normalize_in(&self, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) -> String {
         // Printable ASCII and \n (the common case) need no mapping and are already NFC.
-        let plain = |b: u8| (b' '..=b'~').contains(&b) || b == b'\n';
-        let s = if raw.bytes().all(plain) {
-            raw
-        } else {
+        let plain = |b: &u8| (b' '..=b'~').contains(b) || *b == b'\n';
+        if !buf.iter().all(plain) {
             // Line endings to \n, other whitespace to a space, invisible controls dropped.
-            let mut s = String::with_capacity(raw.len());
-            Self::map_chars(&raw, &mut s);
+            scratch.clear();
+            let mut s = String::from_utf8(std::mem::take(scratch)).expect("empty");
+            Self::map_chars(std::str::from_utf8(buf).expect("the caller passes UTF-8"), &mut s);
             if self.cfg.nfc && is_nfc_quick(s.chars()) != IsNormalized::Yes {
                 s = s.nfc().collect();
             }
-            s
-        };
-        let mut b = s.into_bytes();
+            *scratch = std::mem::replace(buf, s.into_bytes());
+        }
+        let b = buf;
         let n = b.len();
         // Invariant: the write position w never passes the read position r. Each emitted
         // separator stands for at least as many newlines already read.
@@ -139,12 +141,11 @@ impl Normalizer {
             }
             r = e + 1;
         }
-        b.truncate(w);
-        let doc = String::from_utf8(b).expect("normalization keeps UTF-8");
+        let doc = std::str::from_utf8(&b[..w]).expect("normalization keeps UTF-8");
         if self.cfg.strip_toc_block || self.cfg.reflow {
             self.structure(doc)
         } else {
-            doc
+            doc.to_string()
         }
     }
 
@@ -185,7 +186,7 @@ impl Normalizer {
     }
 
     /// Steps 7-9 of SPEC.md "Normalize": TOC blocks, reflow, blank-line collapse.
-    fn structure(&self, doc: String) -> String {
+    fn structure(&self, doc: &str) -> String {
         let all: Vec<&str> = doc.split('\n').collect();
         let mut lines: Vec<&str> = Vec::with_capacity(all.len());
         if self.cfg.strip_toc_block && all.iter().any(|l| Self::is_contents(l)) {
@@ -201,7 +202,7 @@ impl Normalizer {
                 i += 1;
             }
         } else if !self.cfg.reflow {
-            return doc;
+            return doc.to_string();
         } else {
             lines = all;
         }
