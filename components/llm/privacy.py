@@ -38,12 +38,20 @@ def _valid_ipv6(m: re.Match) -> bool:
         return False
 
 
+_CLAUSE = re.compile(r"(?:clause|subclause|section|sect\.|§|annex|table|figure|step)s?\s*$", re.I)
+
+
+def _not_a_clause(m: re.Match) -> bool:
+    # Spec clauses are dotted numbers too ("clause 5.3.3.1"); the word before tells them apart.
+    return not _CLAUSE.search(m.string[max(0, m.start() - 12):m.start()])
+
+
 # (kind, pattern, replacement, extra check). Digit runs of 14-16 are IMSI (15), IMEI (15) and
 # IMEISV (16) lengths; shorter ones are left alone so clause numbers and spec versions survive.
 _BUILTIN = [
     ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]", None),
     ("ipv6", re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"), "[IP]", _valid_ipv6),
-    ("ipv4", re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"), "[IP]", None),
+    ("ipv4", re.compile(r"(?<!\d)(?<!\d\.)(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\d|\.\d)"), "[IP]", _not_a_clause),
     ("subscriber_id", re.compile(r"(?<!\d)\d{14,16}(?!\d)"), "[ID]", None),
     ("phone", re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)|(?<!\d)\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?!\d)"), "[PHONE]", None),
 ]
