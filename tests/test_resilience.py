@@ -271,3 +271,17 @@ def test_resource_alerts_fire_at_start(tmp_path):
 def test_resilience_settings_reject_a_wrong_key():
     with pytest.raises(Exception, match="retrys"):
         Resilience(retrys=3)
+
+
+def test_a_budget_below_the_schemas_largest_answer_is_warned_once(caplog):
+    from components.llm.extraction import json_schema
+    from components.llm.services import schema_token_budget
+
+    schema = json_schema()
+    need = schema_token_budget(schema)
+    assert need > schema_token_budget(json_schema(max_acronyms=1, max_spec_refs=1))
+    svc = ResilientService(Scripted(), **fast())
+    svc.chat_json([], schema, need - 1)
+    svc.chat_json([], schema, need - 1)
+    svc.chat_json([], schema, need)
+    assert caplog.text.count("largest answer needs") == 1

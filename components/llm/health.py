@@ -71,7 +71,8 @@ def docling(formats: list[str], artifacts_path: str | None, needed: bool) -> dic
     detail = f"formats {', '.join(formats)}; " + (f"layout models in {why}" if ok else
                                                   f"PDF layout models unavailable: {why}")
     status = "up" if ok or "pdf" not in formats else "warn"
-    return row("Docling", status, detail, version=_version("docling"), needed=needed)
+    return row("Docling", status, detail, version=_version("docling") or _version("docling-slim"),
+               needed=needed)
 
 
 def rust(engine: str, needed: bool) -> dict:

@@ -25,7 +25,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from components.llm.alerts import Alert, AlertStop
 from components.llm.audit import endpoint
 from components.llm.errors import CircuitOpen, ServiceFailure, ServiceUnavailable
-from components.llm.services import Reply
+from components.llm.services import Reply, schema_token_budget
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class ResilientService:
         self.fallback_reason: str | None = None
         self.requests_retried = 0
         self._last: Target | None = None
+        self._budget_checked: set = set()
 
         def breaker_for(key: str) -> CircuitBreaker:
             b = CircuitBreaker(proto.max_failures, proto.reset_s, clock=proto.clock)
@@ -243,7 +244,12 @@ class ResilientService:
 
     @property
     def used(self) -> Any:
-        return (self._last or self._primary_target).service
+        """The service that served last (before any request: the one that will serve first)."""
+        if self._last is not None:
+            return self._last.service
+        if self.fallback_started and self._primary_target.breaker.state != "closed":
+            return self._standby
+        return self.primary
 
     @property
     def fallback(self) -> Any:
@@ -324,6 +330,7 @@ class ResilientService:
                   chunk_id: str | None = None) -> Reply:
         if self._stop is not None:
             raise self._stop
+        self._check_budget(schema, max_tokens)
         order = self._order(complexity)
         first = order[0]
         hit = self._cache_get(first, messages, schema, max_tokens, temperature)
@@ -362,6 +369,17 @@ class ResilientService:
             raise CircuitOpen("every configured model's circuit is open (" + "; ".join(
                 f"{t.key}: {t.breaker.reason or 'recent failures'}" for t in order) + ")")
         raise last_exc
+
+    def _check_budget(self, schema: dict, max_tokens: int) -> None:
+        key = (id(schema), max_tokens)
+        if key in self._budget_checked:
+            return
+        self._budget_checked.add(key)
+        need = schema_token_budget(schema)
+        if max_tokens < need:
+            log.warning("max_tokens=%d is below the ~%d tokens the schema's largest answer needs; "
+                        "long answers will be cut (and asked once more with up to %d)", max_tokens,
+                        need, self.length_retry_max_tokens)
 
     def _wait(self, rs) -> float:
         base = wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s,

@@ -45,10 +45,11 @@ class Reply:
     length_retried: bool = False    # cut at max_tokens once, asked again with more room
     request_bytes: int = 0
     response_bytes: int = 0
+    server_seconds: float | None = None  # generation time the server reports, when it does
 
     def cacheable(self) -> dict:
         d = asdict(self)
-        for k in ("cached", "retries", "fallback", "request_bytes", "response_bytes"):
+        for k in ("cached", "retries", "fallback", "request_bytes", "response_bytes", "server_seconds"):
             d.pop(k)
         return d
 
@@ -79,6 +80,21 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def schema_token_budget(schema: dict) -> int:
+    """Tokens the largest answer the schema allows needs (about 3 characters a token for JSON;
+    an unbounded string or array counts as 32 characters or 4 items)."""
+    def chars(node: dict) -> int:
+        t = node.get("type")
+        if t == "object" or "properties" in node:
+            return 2 + sum(len(k) + 4 + chars(v) for k, v in node.get("properties", {}).items())
+        if t == "array":
+            return 2 + int(node.get("maxItems", 4)) * (chars(node.get("items", {})) + 2)
+        if t == "string":
+            return 2 + int(node.get("maxLength", 32))
+        return 8
+    return chars(schema) // 3 + 8
 
 
 def has_model(name: str, available: set[str]) -> bool:
@@ -347,10 +363,13 @@ class OpenAICompatibleService(ChatService):
         thinking = msg.get("reasoning_content") or msg.get("reasoning")
         content, stripped = split_thinking(msg.get("content") or "", thinking if isinstance(thinking, str) else None)
         usage = data.get("usage") or {}
+        timings = data.get("timings") or {}  # llama.cpp's server
+        server = ((timings.get("prompt_ms") or 0) + (timings.get("predicted_ms") or 0)) / 1000 if timings else None
         return Reply(content=content, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                      completion_tokens=int(usage.get("completion_tokens") or 0), seconds=seconds,
                      finish_reason=choice.get("finish_reason"), model=model, service=self.name,
-                     thinking_stripped=stripped, request_bytes=sent, response_bytes=got)
+                     thinking_stripped=stripped, request_bytes=sent, response_bytes=got,
+                     server_seconds=server)
 
 
 class OllamaService(ChatService):
@@ -477,7 +496,8 @@ class OllamaService(ChatService):
         return Reply(content=content, prompt_tokens=int(data.get("prompt_eval_count") or 0),
                      completion_tokens=int(data.get("eval_count") or 0), seconds=seconds,
                      finish_reason=data.get("done_reason"), model=model, service=self.name,
-                     thinking_stripped=stripped, request_bytes=sent, response_bytes=got)
+                     thinking_stripped=stripped, request_bytes=sent, response_bytes=got,
+                     server_seconds=(data["total_duration"] / 1e9) if data.get("total_duration") else None)
 
 
 class EmbeddedLlamaService(ChatService):

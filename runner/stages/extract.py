@@ -31,11 +31,15 @@ PARTIAL = "extractions.partial.jsonl"
 def start_service(service: DictConfig, run_dir=None):
     """The configured service behind routing, retries, breakers, cache and fallback, started
     after the same checks as ``python -m runner.health``; ``audit.jsonl`` goes into run_dir."""
+    from components.llm.errors import ServiceFailure
+
     svc = build(service, "service").chain().bind(run_dir)
     try:
         svc.start()
-    except BaseException:
+    except BaseException as exc:
         svc.close()
+        if isinstance(exc, ServiceFailure):  # unavailable, refused, an alert in alerts.fail_on
+            raise StageError(f"extract: {exc}") from None
         raise
     return svc
 
