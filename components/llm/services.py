@@ -189,7 +189,7 @@ class ChatService:
         try:
             r = self.http.get(path, timeout=timeout)
         except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"{self.name}: cannot reach {self.base_url} "
+            raise ServiceUnavailable(f"{self.name}: cannot reach {self.label()} "
                                      f"({type(exc).__name__}){self.reach_hint()}") from None
         if r.status_code != 200:
             raise self._status_error(r, path)
@@ -239,6 +239,10 @@ class ChatService:
                             status=r.status_code, retry_after=_retry_after(r.headers.get("retry-after")))
 
     # -- checks ----------------------------------------------------------------------------
+    def label(self) -> str:
+        names = {"ollama": "Ollama", "lmstudio": "LM Studio"}
+        return f"{names[self.server]} at {self.base_url}" if self.server in names else str(self.base_url)
+
     def reach_hint(self) -> str:
         return ""
 
