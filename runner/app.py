@@ -104,7 +104,10 @@ def run(cfg: DictConfig) -> float | None:
         if {"finetune", "evaluate"} & set(stages):
             # Before any expensive stage: a model that cannot be had fails the run now.
             components["model"].check()
-    except ModelUnavailable as exc:
+        if "extract" in stages and components["service"].on_unavailable == "fail":
+            components["service"].start()  # service.on_unavailable=fail: fail now, not after convert
+            components["service"].close()
+    except (ModelUnavailable, ServiceUnavailable) as exc:
         log.error("%s", exc)
         sys.exit(2)
 

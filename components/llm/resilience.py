@@ -1,40 +1,51 @@
-"""Retries, a circuit breaker and a fallback around an LLM service.
+"""The chain around an LLM service: routing, retries, a breaker per service and model, the
+fallback, the response cache, scrubbing, the audit log and alerts.
 
-A local server on a laptop goes away (sleep, model swap, OOM). Requests are retried with
-exponential backoff; after repeated failures the breaker opens so the run stops hammering a dead
-server, and the configured fallback (the embedded llama.cpp server by default) takes over —
-loudly, and recorded, so a run never silently mixes models without saying so.
+A local server on a laptop goes away (sleep, model swap, OOM) or hangs. Transient failures are
+retried with exponential backoff and jitter (honouring ``Retry-After``); after repeated failures a
+target's breaker opens so the run stops hammering it, and the next target serves: the primary
+model for a complex chunk, then ``routing.fallback_model``, then the fallback service (the
+embedded llama.cpp server by default) — loudly, and recorded. After ``breaker_reset_s`` one
+half-open probe goes back to the failed target; when it answers, traffic returns to it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
-from tenacity import (Retrying, retry_if_exception_type, stop_after_attempt,
-                      wait_exponential_jitter)
-
 from pydantic import Field
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from components.llm.services import Reply, ServiceError, ServiceUnavailable
+from components.llm.alerts import Alert, AlertStop
+from components.llm.audit import endpoint
+from components.llm.errors import CircuitOpen, ServiceFailure, ServiceUnavailable
+from components.llm.services import Reply, schema_token_budget
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class CircuitOpen(ServiceUnavailable):
-    pass
-
-
 class CircuitBreaker:
+    """closed -> (``failures`` in a row) open -> (after ``reset_s``) half-open: one probe at a
+    time; its success closes the breaker, its failure opens it again."""
+
     def __init__(self, failures: int = 5, reset_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str, str], None] | None = None) -> None:
         self.max_failures = failures
         self.reset_s = reset_s
         self.clock = clock
+        self.on_change = on_change
+        self.reason: str | None = None
         self._failures = 0
         self._opened_at: float | None = None
+        self._probing = False
         self._lock = threading.Lock()
 
     @property
@@ -47,118 +58,568 @@ class CircuitBreaker:
             return "closed"
         return "half-open" if self.clock() - self._opened_at >= self.reset_s else "open"
 
+    def _changed(self, before: str) -> None:
+        after = self._state()
+        if after != before and self.on_change:
+            self.on_change(before, after)
+
     def allow(self) -> bool:
+        """May a request go now? In half-open, only the first caller (the probe) may."""
         with self._lock:
-            return self._state() != "open"
+            state = self._state()
+            if state == "closed":
+                return True
+            if state == "half-open" and not self._probing:
+                self._probing = True
+                if self.on_change:
+                    self.on_change("open", "half-open")
+                return True
+            return False
 
     def success(self) -> None:
         with self._lock:
+            before = self._state()
             self._failures = 0
             self._opened_at = None
+            self._probing = False
+            self.reason = None
+            self._changed(before)
 
-    def failure(self) -> None:
+    def failure(self, reason: str | None = None) -> None:
         with self._lock:
+            before = "half-open" if self._probing else self._state()
             self._failures += 1
-            if self._state() == "half-open" or self._failures >= self.max_failures:
+            if self._probing or before == "half-open" or self._failures >= self.max_failures:
                 self._opened_at = self.clock()
+                self.reason = reason or self.reason
+            self._probing = False
+            if before != self._state() and self.on_change:
+                self.on_change(before, self._state())
+
+    def force_open(self, reason: str) -> None:
+        """Open now (the server or model is known to be missing at start)."""
+        with self._lock:
+            before = self._state()
+            self._opened_at = self.clock()
+            self._failures = max(self._failures, self.max_failures)
+            self._probing = False
+            self.reason = reason
+            self._changed(before)
+
+    def abandon(self) -> None:
+        """A probe that ended without a verdict (a bug, an interrupt) frees the probe slot."""
+        with self._lock:
+            self._probing = False
 
 
 class Resilience(Settings):
-    """``service.resilience``: retries with backoff and a circuit breaker around a service."""
+    """``service.resilience``: retries with backoff, the breakers, the truncation retry."""
 
-    retries: int = Field(3, ge=1)
+    retries: int = Field(3, ge=1)                 # attempts per target, the first included
     backoff_initial_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(8.0, ge=0)
-    breaker_failures: int = Field(5, ge=1)  # consecutive failures that open the circuit
-    breaker_reset_s: float = Field(30.0, ge=0)
+    retry_after_max_s: float = Field(60.0, ge=0)  # a server's Retry-After is honoured up to this
+    breaker_failures: int = Field(5, ge=1)        # consecutive failures that open a breaker
+    breaker_reset_s: float = Field(30.0, ge=0)    # open this long, then one half-open probe
+    length_retry_max_tokens: int = Field(2048, ge=0)  # a cut answer is asked again with up to this
 
     def wrap(self, primary: Any, fallback: Any = None) -> "ResilientService":
-        return ResilientService(primary, fallback, retries=self.retries,
-                                backoff_initial_s=self.backoff_initial_s,
-                                backoff_max_s=self.backoff_max_s,
-                                breaker=CircuitBreaker(self.breaker_failures, self.breaker_reset_s))
+        return ResilientService(
+            primary, fallback, retries=self.retries, backoff_initial_s=self.backoff_initial_s,
+            backoff_max_s=self.backoff_max_s, retry_after_max_s=self.retry_after_max_s,
+            breaker=CircuitBreaker(self.breaker_failures, self.breaker_reset_s),
+            length_retry_max_tokens=self.length_retry_max_tokens)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    if not v:
+        return 0.0
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    retries: int = 0
+    fallbacks: int = 0          # requests this target served for another first choice
+    cache_hits: int = 0
+    breaker_opens: int = 0
+    breaker_recoveries: int = 0
+    thinking_stripped: int = 0  # replies that carried reasoning
+    length_retries: int = 0
+    context_overflows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0        # server time of answered requests
+    latencies: list[float] = field(default_factory=list)
+
+
+class Target:
+    """One model on one service, with its own breaker and numbers."""
+
+    def __init__(self, service: Any, model: str, breaker: CircuitBreaker, is_fallback_service: bool):
+        self.service = service
+        self.model = model
+        self.key = f"{getattr(service, 'name', '?')}/{model}"
+        self.breaker = breaker
+        self.is_fallback_service = is_fallback_service
+        self.stats = Stats()
+
+
+def _metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 class ResilientService:
-    """Wraps a primary service; ``used`` says which one actually served. The fallback is built
-    from config but started only when the primary fails."""
+    """The chain the extract stage uses (``chat_json``, ``metrics``, ``tags``, ``bind``).
 
-    def __init__(self, primary: Any, fallback: Any = None,
-                 retries: int = 3, backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
-                 breaker: CircuitBreaker | None = None) -> None:
+    ``primary`` is the configured service; its models (``service.model`` and the routed ones) are
+    tried in the routing order, then the ``fallback`` service, built from config but started only
+    when first needed."""
+
+    def __init__(self, primary: Any, fallback: Any = None, retries: int = 3,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
+                 breaker: CircuitBreaker | None = None, retry_after_max_s: float = 60.0,
+                 length_retry_max_tokens: int = 2048, clock: Callable[[], float] | None = None) -> None:
         self.primary = primary
         self._standby = fallback
-        self.fallback: Any = None
         self.retries = max(1, retries)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
-        self.breaker = breaker or CircuitBreaker()
+        self.retry_after_max_s = retry_after_max_s
+        self.length_retry_max_tokens = length_retry_max_tokens
+        proto = breaker or CircuitBreaker()
+        self._clock = clock or proto.clock
+        self.routing = getattr(primary, "routing", None)
+        self.cache = getattr(primary, "cache", None)
+        self.privacy = getattr(primary, "privacy", None)
+        self.alerts_cfg = getattr(primary, "alerts", None)
+        self.audit_cfg = getattr(primary, "audit", None)
+        self.on_unavailable = getattr(primary, "on_unavailable", "fallback")
+        self._scrubber = self.privacy.scrubber() if self.privacy is not None else None
+        self._lock = threading.Lock()
+        self._fallback_lock = threading.Lock()
+        self._audit = None
+        self._disk_path: str | None = getattr(self.cache, "dir", None)
+        self.alerts: dict[str, Alert] = {}
+        self._stop: AlertStop | None = None
+        self._last_resource_check = float("-inf")
+        self.scrubbed: Counter = Counter()
+        self.fallback_started = False
         self.fallback_reason: str | None = None
         self.requests_retried = 0
-        self._lock = threading.Lock()
+        self._last: Target | None = None
+        self._budget_checked: set = set()
+
+        def breaker_for(key: str) -> CircuitBreaker:
+            b = CircuitBreaker(proto.max_failures, proto.reset_s, clock=proto.clock)
+            b.on_change = lambda before, after, key=key: self._breaker_changed(key, before, after)
+            return b
+
+        models = self.routing.models(primary.model) if self.routing else [getattr(primary, "model", "?")]
+        self.targets: dict[str, Target] = {}
+        for m in models:
+            t = Target(primary, m, None, False)  # type: ignore[arg-type]
+            t.breaker = breaker_for(t.key)
+            self.targets[t.key] = t
+        self._fallback_target: Target | None = None
+        if fallback is not None:
+            t = Target(fallback, getattr(fallback, "model", "?"), None, True)  # type: ignore[arg-type]
+            t.key = f"fallback:{t.key}" if t.key in self.targets else t.key
+            t.breaker = breaker_for(t.key)
+            self._fallback_target = t
+            self.targets[t.key] = t
+        self._primary_target = next(iter(self.targets.values()))
+
+    # -- compatibility and introspection ----------------------------------------------------
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The primary model's breaker."""
+        return self._primary_target.breaker
 
     @property
     def used(self) -> Any:
-        return self.fallback if self.fallback is not None else self.primary
+        """The service that served last (before any request: the one that will serve first)."""
+        if self._last is not None:
+            return self._last.service
+        if self.fallback_started and self._primary_target.breaker.state != "closed":
+            return self._standby
+        return self.primary
+
+    @property
+    def fallback(self) -> Any:
+        """The fallback service once it has been started, else None."""
+        return self._standby if self.fallback_started else None
 
     @property
     def name(self) -> str:
         return getattr(self.used, "name", "?")
 
+    def bind(self, run_dir: str | Path | None) -> "ResilientService":
+        """Write ``audit.jsonl`` into ``run_dir`` and watch its disk."""
+        if run_dir is not None:
+            if self._audit is not None:
+                self._audit.close()
+            self._audit = self.audit_cfg.log(run_dir) if self.audit_cfg is not None else None
+            self._disk_path = str(run_dir)
+        return self
+
+    # -- start -----------------------------------------------------------------------------
     def start(self) -> None:
+        """Check the primary (server, version, models) and, when it cannot serve, fail with the
+        reason (``service.on_unavailable=fail`` or no fallback) or start the fallback now."""
+        self._check_resources(force=True)
         try:
             self.primary.start()
         except ServiceUnavailable as exc:
-            self._switch(str(exc))
-
-    def _switch(self, reason: str) -> None:
-        with self._lock:
-            if self.fallback is not None:
-                return
+            self._raise_alert("service_down", str(exc))
+            if self.on_unavailable == "fail":
+                raise ServiceUnavailable(f"{exc} (service.on_unavailable=fail: not falling back)",
+                                         transient=False) from None
             if self._standby is None:
-                raise ServiceUnavailable(f"{reason} (no fallback configured)")
+                raise ServiceUnavailable(f"{exc} (no fallback configured)", transient=exc.transient) from None
+            for t in self.targets.values():
+                if not t.is_fallback_service:
+                    t.breaker.force_open(str(exc))
+            self._start_fallback(str(exc))
+        else:
+            for model, step in getattr(self.primary, "missing_models", {}).items():
+                key = f"{getattr(self.primary, 'name', '?')}/{model}"
+                if key in self.targets:
+                    self.targets[key].breaker.force_open(f"model {model} missing: {step}")
+        if self._stop is not None:
+            raise self._stop
+
+    def _start_fallback(self, reason: str) -> None:
+        with self._fallback_lock:
+            if self.fallback_started:
+                return
             fb = self._standby
             log.warning("=" * 72)
             log.warning("SERVICE FALLBACK: %s", reason)
-            log.warning("Using fallback service '%s' instead of '%s' for the rest of this run.",
-                        getattr(fb, "name", "?"), getattr(self.primary, "name", "?"))
+            log.warning("Using fallback service '%s' (%s) while '%s' cannot serve; half-open probes "
+                        "send traffic back when it recovers.", getattr(fb, "name", "?"),
+                        getattr(fb, "model", "?"), getattr(self.primary, "name", "?"))
             log.warning("=" * 72)
-            fb.start()
-            self.fallback = fb
-            self.fallback_reason = reason
+            try:
+                fb.start()
+            except ServiceUnavailable as exc:
+                self._fallback_target.breaker.force_open(str(exc))
+                raise ServiceUnavailable(f"{reason}; and the fallback '{getattr(fb, 'name', '?')}' "
+                                         f"cannot serve either: {exc}") from None
+            self.fallback_started = True
+            self.fallback_reason = self.fallback_reason or reason
+
+    # -- requests --------------------------------------------------------------------------
+    def _order(self, complexity: float | None) -> list[Target]:
+        name = getattr(self.primary, "name", "?")
+        models = (self.routing.order(self.primary.model, complexity) if self.routing
+                  else [self._primary_target.model])
+        order = [self.targets[f"{name}/{m}"] for m in models]
+        if self._fallback_target is not None:
+            order.append(self._fallback_target)
+        return order
 
     def chat_json(self, messages: list[dict], schema: dict, max_tokens: int,
-                  temperature: float = 0.0) -> Reply:
-        if self.fallback is None and not self.breaker.allow():
-            if self._standby is not None:
-                self._switch(f"circuit open after {self.breaker.max_failures} consecutive "
-                             f"failures of '{getattr(self.primary, 'name', '?')}'")
-            else:
-                raise CircuitOpen(f"circuit open: '{getattr(self.primary, 'name', '?')}' failed "
-                                  f"{self.breaker.max_failures} times in a row")
-        target = self.used
-        attempt = 0
+                  temperature: float = 0.0, *, complexity: float | None = None,
+                  chunk_id: str | None = None) -> Reply:
+        if self._stop is not None:
+            raise self._stop
+        self._check_budget(schema, max_tokens)
+        order = self._order(complexity)
+        first = order[0]
+        hit = self._cache_get(first, messages, schema, max_tokens, temperature)
+        if hit is not None:
+            self._audit_row(first, chunk_id, status="cache", cache_hit=True, latency_s=0.0)
+            return hit
+        last_exc: ServiceFailure | None = None
+        skipped = []
+        for t in order:
+            if not t.breaker.allow():
+                skipped.append(t.key)
+                continue
+            try:
+                if t.is_fallback_service and not self.fallback_started:
+                    self._start_fallback(str(last_exc) if last_exc else
+                                         f"circuit open for {', '.join(skipped)}")
+                reply = self._call(t, messages, schema, max_tokens, temperature, chunk_id)
+            except ServiceFailure as exc:
+                if not isinstance(exc, ServiceUnavailable) and not exc.transient:
+                    raise  # the request itself is wrong (4xx, invalid answer): no one else helps
+                last_exc = exc
+                continue
+            except BaseException:
+                t.breaker.abandon()
+                raise
+            if t is not first:
+                reply.fallback = True
+                with self._lock:
+                    t.stats.fallbacks += 1
+                reason = str(last_exc) if last_exc else f"circuit open for {', '.join(skipped)}"
+                self.fallback_reason = self.fallback_reason or reason
+            self._cache_put(t, messages, schema, max_tokens, temperature, reply)
+            self._last = t
+            return reply
+        if last_exc is None:
+            raise CircuitOpen("every configured model's circuit is open (" + "; ".join(
+                f"{t.key}: {t.breaker.reason or 'recent failures'}" for t in order) + ")")
+        raise last_exc
+
+    def _check_budget(self, schema: dict, max_tokens: int) -> None:
+        key = (id(schema), max_tokens)
+        if key in self._budget_checked:
+            return
+        self._budget_checked.add(key)
+        need = schema_token_budget(schema)
+        if max_tokens < need:
+            log.warning("max_tokens=%d is below the ~%d tokens the schema's largest answer needs; "
+                        "long answers will be cut (and asked once more with up to %d)", max_tokens,
+                        need, self.length_retry_max_tokens)
+
+    def _wait(self, rs) -> float:
+        base = wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s,
+                                       jitter=self.backoff_initial_s)(rs)
+        ra = getattr(rs.outcome.exception(), "retry_after", None)
+        return max(base, min(ra, self.retry_after_max_s)) if ra else base
+
+    def _call(self, t: Target, messages, schema, max_tokens, temperature, chunk_id) -> Reply:
+        svc = t.service
+        scrubbed = 0
+        if self._scrubber is not None and self.privacy.should_scrub(getattr(svc, "base_url", None) or "http://127.0.0.1"):
+            messages, counts = self._scrubber.messages(messages)
+            scrubbed = sum(counts.values())
+            with self._lock:
+                self.scrubbed.update(counts)
+        overflow = svc.context_overflow(messages, max_tokens) if hasattr(svc, "context_overflow") else 0
+        if overflow:
+            log.warning("%s: chunk %s: prompt plus %d answer tokens exceed the context window by ~%d "
+                        "tokens; the server will cut the chunk (raise num_ctx or lower chunk size)",
+                        t.key, chunk_id or "?", max_tokens, overflow)
+        t0 = time.perf_counter()
+        with self._lock:
+            t.stats.requests += 1
+            t.stats.context_overflows += bool(overflow)
         try:
-            for attempt_ctx in Retrying(
-                    stop=stop_after_attempt(self.retries),
-                    wait=wait_exponential_jitter(initial=self.backoff_initial_s,
-                                                 max=self.backoff_max_s, jitter=0.1),
-                    retry=retry_if_exception_type((ServiceError, ServiceUnavailable)),
-                    reraise=True):
-                with attempt_ctx:
-                    attempt += 1
-                    if attempt > 1:
-                        self.requests_retried += 1
-                    reply = target.chat_json(messages, schema, max_tokens, temperature)
-        except (ServiceError, ServiceUnavailable):
-            if target is self.primary:
-                self.breaker.failure()
+            reply = self._attempts(t, messages, schema, max_tokens, temperature, chunk_id, scrubbed)
+            length_retried = False
+            if (reply.finish_reason == "length" and self.length_retry_max_tokens > max_tokens):
+                more = min(self.length_retry_max_tokens, max_tokens * 2)
+                log.info("%s: chunk %s cut at %d tokens; asking once more with %d", t.key,
+                         chunk_id or "?", max_tokens, more)
+                again = self._attempts(t, messages, schema, more, temperature, chunk_id, scrubbed)
+                again.thinking_stripped += reply.thinking_stripped
+                again.retries += reply.retries
+                reply, length_retried = again, True
+        except ServiceFailure as exc:
+            with self._lock:
+                t.stats.errors += 1
+            if isinstance(exc, ServiceUnavailable) or exc.transient:
+                t.breaker.failure(str(exc))
+            else:
+                t.breaker.success()  # the server answered: it is up, the request was wrong
+            self._after_request(t)
             raise
-        if target is self.primary:
-            self.breaker.success()
+        t.breaker.success()
+        reply.length_retried = length_retried
+        reply.seconds = time.perf_counter() - t0
+        with self._lock:
+            s = t.stats
+            s.ok += 1
+            s.latencies.append(reply.seconds)
+            s.prompt_tokens += reply.prompt_tokens
+            s.completion_tokens += reply.completion_tokens
+            s.seconds += reply.seconds
+            s.thinking_stripped += bool(reply.thinking_stripped)
+            s.length_retries += length_retried
+        self._after_request(t)
         return reply
 
+    def _attempts(self, t: Target, messages, schema, max_tokens, temperature, chunk_id,
+                  scrubbed: int) -> Reply:
+        n = 0
+        for attempt in Retrying(stop=stop_after_attempt(self.retries), wait=self._wait,
+                                retry=retry_if_exception(lambda e: isinstance(e, ServiceFailure) and e.transient),
+                                reraise=True):
+            with attempt:
+                n += 1
+                if n > 1:
+                    with self._lock:
+                        t.stats.retries += 1
+                        self.requests_retried += 1
+                t0 = time.perf_counter()
+                try:
+                    reply = t.service.chat_json(messages, schema, max_tokens, temperature, model=t.model)
+                except ServiceFailure as exc:
+                    self._audit_row(t, chunk_id, status=exc.status or "error", failure=exc.failure,
+                                    error=type(exc).__name__, retries=n - 1, scrubbed=scrubbed,
+                                    latency_s=time.perf_counter() - t0,
+                                    request_bytes=exc.request_bytes, response_bytes=exc.response_bytes)
+                    raise
+                reply.retries = n - 1
+                reply.model = reply.model or t.model
+                reply.service = reply.service or getattr(t.service, "name", None)
+                self._audit_row(t, chunk_id, status=200, retries=n - 1, scrubbed=scrubbed,
+                                latency_s=time.perf_counter() - t0, request_bytes=reply.request_bytes,
+                                response_bytes=reply.response_bytes, finish_reason=reply.finish_reason,
+                                content={"messages": messages, "reply": reply.content})
+        return reply
+
+    # -- cache -----------------------------------------------------------------------------
+    def _cache_key(self, t: Target, messages, schema, max_tokens, temperature) -> str:
+        opts = t.service.options(max_tokens, temperature) if hasattr(t.service, "options") else {
+            "max_tokens": max_tokens, "temperature": temperature}
+        return self.cache.key(getattr(t.service, "name", "?"), t.model, messages, schema, opts)
+
+    def _cache_get(self, t: Target, messages, schema, max_tokens, temperature) -> Reply | None:
+        if self.cache is None or not self.cache.active:
+            return None
+        data = self.cache.get(self._cache_key(t, messages, schema, max_tokens, temperature))
+        if data is None:
+            return None
+        try:
+            reply = replace(Reply(content=""), **data)
+        except TypeError:
+            return None
+        reply.cached = True
+        with self._lock:
+            t.stats.cache_hits += 1
+        self._last = t
+        return reply
+
+    def _cache_put(self, t: Target, messages, schema, max_tokens, temperature, reply: Reply) -> None:
+        # Only complete answers: a cut or empty one should be asked again next time.
+        if (self.cache is None or not self.cache.active or reply.finish_reason not in ("stop", None)
+                or not reply.content):
+            return
+        self.cache.put(self._cache_key(t, messages, schema, max_tokens, temperature), reply.cacheable())
+
+    # -- audit, alerts ---------------------------------------------------------------------
+    def _audit_row(self, t: Target, chunk_id, *, content: dict | None = None, **fields) -> None:
+        if self._audit is None:
+            return
+        row = {"service": getattr(t.service, "name", None),
+               "endpoint": endpoint(getattr(t.service, "base_url", None)), "model": t.model,
+               "chunk_id": chunk_id, "request_bytes": 0, "response_bytes": 0, "retries": 0,
+               "scrubbed": 0, "cache_hit": False}
+        row.update(fields)
+        if "latency_s" in row:
+            row["latency_s"] = round(row["latency_s"], 4)
+        self._audit.write(row, content)
+
+    def _breaker_changed(self, key: str, before: str, after: str) -> None:
+        t = self.targets.get(key)
+        level = logging.WARNING if after == "open" else logging.INFO
+        log.log(level, "breaker %s: %s -> %s%s", key, before, after,
+                f" ({t.breaker.reason})" if t and after == "open" and t.breaker.reason else "")
+        if t is None:
+            return
+        with self._lock:
+            if after == "open" and before != "open":
+                t.stats.breaker_opens += 1
+            if after == "closed" and before != "closed":
+                t.stats.breaker_recoveries += 1
+        if after == "open":
+            self._raise_alert("breaker_open", f"{key}: circuit open ({t.breaker.reason or 'failures'})")
+            if t is self._primary_target:
+                self._raise_alert("service_down", f"{key}: {t.breaker.reason or 'not answering'}")
+
+    def _raise_alert(self, name: str, message: str) -> None:
+        with self._lock:
+            if name in self.alerts:
+                return
+            self.alerts[name] = Alert(name, message)
+        log.warning("ALERT %s: %s", name, message)
+        if self.alerts_cfg is not None and name in self.alerts_cfg.fail_on:
+            self._stop = AlertStop(f"alert {name} is in alerts.fail_on: {message}")
+
+    def _check_resources(self, force: bool = False) -> None:
+        if self.alerts_cfg is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_resource_check < 10.0:
+            return
+        self._last_resource_check = now
+        for a in self.alerts_cfg.resources(self._disk_path):
+            self._raise_alert(a.name, a.message)
+
+    def _after_request(self, t: Target) -> None:
+        if self.alerts_cfg is None:
+            return
+        with self._lock:
+            s = t.stats
+            p95 = _percentile(s.latencies, 0.95) if s.latencies else None
+            found = self.alerts_cfg.service(t.key, s.requests, s.errors, p95)
+        for a in found:
+            self._raise_alert(a.name, a.message)
+        self._check_resources()
+
+    def check_alerts(self) -> None:
+        """Raise AlertStop when an alert listed in ``alerts.fail_on`` has fired."""
+        if self._stop is not None:
+            raise self._stop
+
+    # -- what MLflow gets ------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        tot = Counter()
+        with self._lock:
+            for t in self.targets.values():
+                s = t.stats
+                if not (s.requests or s.cache_hits or s.breaker_opens):
+                    continue
+                p = f"service/{_metric_name(getattr(t.service, 'name', '?'))}/{_metric_name(t.model)}/"
+                lat = s.latencies
+                vals = {
+                    "requests": s.requests, "successes": s.ok, "errors": s.errors,
+                    "success_rate": round(s.ok / s.requests, 4) if s.requests else 0.0,
+                    "error_rate": round(s.errors / s.requests, 4) if s.requests else 0.0,
+                    "latency_p50_s": round(_percentile(lat, 0.5), 4),
+                    "latency_p95_s": round(_percentile(lat, 0.95), 4),
+                    "retries": s.retries, "breaker_opens": s.breaker_opens,
+                    "breaker_recoveries": s.breaker_recoveries, "fallbacks": s.fallbacks,
+                    "cache_hits": s.cache_hits, "thinking_stripped": s.thinking_stripped,
+                    "length_retries": s.length_retries, "context_overflows": s.context_overflows,
+                    "prompt_tokens_per_s": round(s.prompt_tokens / s.seconds, 2) if s.seconds else 0.0,
+                    "completion_tokens_per_s": round(s.completion_tokens / s.seconds, 2) if s.seconds else 0.0,
+                }
+                out.update({p + k: float(v) for k, v in vals.items()})
+                for k in ("requests", "errors", "retries", "breaker_opens", "fallbacks", "cache_hits",
+                          "thinking_stripped", "length_retries", "context_overflows"):
+                    tot[k] += vals[k]
+            scrubbed = dict(self.scrubbed)
+            alerts = list(self.alerts)
+        out.update({f"service/{k}": float(v) for k, v in tot.items()})
+        asked = tot["requests"] + tot["cache_hits"]
+        out["service/cache_hit_rate"] = round(tot["cache_hits"] / asked, 4) if asked else 0.0
+        out["service/scrubbed"] = float(sum(scrubbed.values()))
+        out.update({f"service/scrubbed_{k}": float(v) for k, v in scrubbed.items()})
+        out.update({f"alert/{a}": 1.0 for a in alerts})
+        return out
+
+    def tags(self) -> dict[str, str]:
+        with self._lock:
+            served = {t.key: t.stats.ok + t.stats.cache_hits for t in self.targets.values()}
+            alerts = dict(self.alerts)
+        tags = {"service.configured": str(getattr(self.primary, "name", "?")),
+                "service.used": ",".join(k for k, n in served.items() if n) or "none",
+                "service.models": json.dumps({k: n for k, n in served.items() if n}, sort_keys=True),
+                "service.fallback": str(self.fallback_started or any(
+                    t.stats.fallbacks for t in self.targets.values())).lower(),
+                "service.breakers": ",".join(f"{k}={t.breaker.state}" for k, t in self.targets.items())}
+        if self.fallback_reason:
+            tags["service.fallback_reason"] = self.fallback_reason[:500]
+        tags.update({f"alert.{a.name}": a.message[:500] for a in alerts.values()})
+        return tags
+
     def close(self) -> None:
-        for s in (self.fallback, self.primary):
+        for s in (self._standby, self.primary):
             if s is not None:
                 s.close()
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None

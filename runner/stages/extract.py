@@ -28,10 +28,19 @@ CONFIG = ["service", "extraction"]
 PARTIAL = "extractions.partial.jsonl"
 
 
-def start_service(service: DictConfig):
-    """The configured service behind its retries, circuit breaker and fallback, started."""
-    svc = build(service, "service").chain()
-    svc.start()
+def start_service(service: DictConfig, run_dir=None):
+    """The configured service behind routing, retries, breakers, cache and fallback, started
+    after the same checks as ``python -m runner.health``; ``audit.jsonl`` goes into run_dir."""
+    from components.llm.errors import ServiceFailure
+
+    svc = build(service, "service").chain().bind(run_dir)
+    try:
+        svc.start()
+    except BaseException as exc:
+        svc.close()
+        if isinstance(exc, ServiceFailure):  # unavailable, refused, an alert in alerts.fail_on
+            raise StageError(f"extract: {exc}") from None
+        raise
     return svc
 
 
@@ -73,7 +82,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     t0 = time.perf_counter()
     svc = None
     if todo:
-        svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service))
+        svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service, ctx.run_dir))
         info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
                 "service.fallback": str(svc.fallback is not None).lower()}
         if svc.fallback_reason:
@@ -151,4 +160,5 @@ def run(ctx: StageContext) -> dict[str, float]:
         "extract/retried_requests": float(svc.requests_retried if svc else 0),
         "extract/seconds": round(seconds, 3),
         "extract/completion_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 and tokens else 0.0,
+        **(svc.metrics() if svc else {}),
     }
