@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import httpx
+import jsonschema
 import pytest
 
 from components.llm.audit import Audit
@@ -311,10 +312,11 @@ def test_embedded_llama_cpp_server_answers_schema_valid_json():
         models = httpx.get(f"{svc.base_url}/v1/models", timeout=10).json()
         assert any(m["id"] == svc.model for m in models["data"])
         assert svc.health()["status"] == "up"
-        reply = svc.chat_json(MSGS, SCHEMA, max_tokens=48)
+        reply = svc.chat_json(MSGS, SCHEMA, max_tokens=600)
         assert reply.completion_tokens > 0 and reply.model == svc.model
-        if reply.finish_reason == "stop":  # constrained by the grammar: keys exactly as the schema says
-            assert set(json.loads(reply.content)) == {"acronyms", "spec_refs", "qa"}
+        # Constrained by the grammar, with room to finish: the reply is valid against the schema.
+        assert reply.finish_reason == "stop", reply.finish_reason
+        jsonschema.validate(json.loads(reply.content), SCHEMA)
         base = svc.base_url
     finally:
         svc.close()
