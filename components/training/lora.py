@@ -60,11 +60,14 @@ def load(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = N
 
 
 def dataset(path: Path, tokenizer, mask_prompt: bool):
-    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from types import SimpleNamespace
+
+    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 
     with open(path, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    return CacheDataset(ChatDataset(rows, tokenizer, mask_prompt=mask_prompt))
+    # dataset.format picks mlx-lm's chat, completions or text rows; mlx-lm tells them apart.
+    return CacheDataset(create_dataset(rows, tokenizer, SimpleNamespace(mask_prompt=mask_prompt)))
 
 
 def loss(model, data, batch_size: int, max_seq_length: int) -> float:
