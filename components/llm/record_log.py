@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -88,47 +88,53 @@ def run_bounded(items: Iterable[Any], fn: Callable[[Any], Any], window: int,
                 grace_s: float = 2.0) -> bool:
     """Call ``fn`` on each item, at most ``window`` at once, handing each result to
     ``on_result(item, result)`` in this thread. Returns False when ``cancel`` stopped it early:
-    nothing more was started, and requests still running after ``grace_s`` are abandoned (their
-    results are dropped; the caller redoes those items later)."""
+    nothing more was started, and calls still running after ``grace_s`` are abandoned (their
+    results are dropped; the caller redoes those items later).
+
+    Workers are daemon threads, not a pool: an HTTP request blocked on a busy server must not
+    hold up the end of the process (a pool's threads are joined at exit)."""
     it = iter(items)
-    pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="extract")
-    running: dict[Future, Any] = {}
+    results: queue.Queue = queue.Queue()
+    running = 0
     exhausted = False
 
+    def work(item: Any) -> None:
+        try:
+            results.put((item, True, fn(item)))
+        except BaseException as exc:  # handed to the caller's thread
+            results.put((item, False, exc))
+
     def fill() -> None:
-        nonlocal exhausted
-        while len(running) < window and not cancel.is_set():
+        nonlocal running, exhausted
+        while running < window and not cancel.is_set():
             try:
                 item = next(it)
             except StopIteration:
                 exhausted = True
                 return
-            running[pool.submit(fn, item)] = item
+            threading.Thread(target=work, args=(item,), daemon=True, name="extract").start()
+            running += 1
 
-    def collect(done: set[Future]) -> None:
-        for fut in done:
-            item = running.pop(fut)
-            try:
-                result = fut.result()
-            except Exception:
-                if cancel.is_set():  # stopping: an item that failed is simply redone
-                    continue
-                raise
-            on_result(item, result)
+    def collect(timeout: float) -> None:
+        nonlocal running
+        try:
+            item, ok, value = results.get(timeout=timeout)
+        except queue.Empty:
+            return
+        running -= 1
+        if not ok:
+            if cancel.is_set() and isinstance(value, Exception):
+                return  # stopping: an item that failed is simply redone
+            raise value
+        on_result(item, value)
 
-    try:
+    fill()
+    while running:
+        collect(0.2)
+        if cancel.is_set():
+            deadline = time.monotonic() + grace_s
+            while running and time.monotonic() < deadline:
+                collect(max(0.01, deadline - time.monotonic()))
+            return False
         fill()
-        while running:
-            done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            collect(done)
-            if cancel.is_set():
-                deadline = time.monotonic() + grace_s
-                while running and time.monotonic() < deadline:
-                    done, _ = wait(list(running), timeout=max(0.0, deadline - time.monotonic()),
-                                   return_when=FIRST_COMPLETED)
-                    collect(done)
-                return False
-            fill()
-        return exhausted
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    return exhausted

@@ -129,6 +129,39 @@ def _glossary_file(chunks: list[dict], rows: dict[str, list[dict]], records: lis
     return out
 
 
+def _abort_requests(svc) -> int:
+    """Shut down this process's open connections to the service, so the server sees its clients
+    gone and cancels their generations. Without it, an abandoned request keeps llama.cpp (whose
+    destructor waits for it, holding the GIL) busy until the request's timeout."""
+    import socket
+    from urllib.parse import urlparse
+
+    import psutil
+
+    url = getattr(getattr(svc, "used", svc), "base_url", None)
+    port = urlparse(url).port if url else None
+    if not port:
+        return 0
+    n = 0
+    for conn in psutil.Process().net_connections(kind="tcp"):
+        if conn.raddr and conn.raddr.port == port and conn.fd >= 0:
+            try:
+                with socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)  # acts on the connection, wakes the reader
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _release(ctx: StageContext, svc, stopping: bool) -> None:
+    """Close the shared server; when stopping, cut the requests still running first."""
+    if stopping:
+        n = _abort_requests(svc)
+        log.info("extract: stopping: %d request(s) in flight abandoned", n)
+    ctx.resources.release("llm")
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     from components.llm import extraction as X
     from components.llm.extractor import ChunkExtractor, chunk_sha, merge, quality
@@ -165,8 +198,9 @@ def run(ctx: StageContext) -> dict[str, float]:
         log.info("extract: resuming, %d of %d chunks already extracted", resumed, len(chunks))
 
     t0 = time.perf_counter()
+    asks = [c for c in todo if extractor.needs_llm(extractor.base(c, request_key))]
     svc = None
-    if any(extractor.needs_llm(extractor.base(c, request_key)) for c in todo):
+    if asks:
         svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service))
         extractor.service = svc
         info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
@@ -185,15 +219,23 @@ def run(ctx: StageContext) -> dict[str, float]:
             log.warning("extract: chunk %s: %s (%s failure): %s", rec["chunk_id"], rec["status"],
                         rec["failure"], rec.get("error"))
 
+    complete = False
     try:
         with RecordLog(partial) as record_log:
-            complete = run_bounded(todo, lambda c: extractor(c, request_key), ex.concurrency,
-                                   ctx.cancel, finished)
+            asked = {c["id"] for c in asks}
+            for c in todo:  # rules only: cheap, no thread needed
+                if ctx.cancel.is_set():
+                    break
+                if c["id"] not in asked:
+                    finished(c, extractor(c, request_key))
+            else:
+                complete = run_bounded(asks, lambda c: extractor(c, request_key), ex.concurrency,
+                                       ctx.cancel, finished, grace_s=1.0)
     finally:
         progress.close()
         # Free the server's threads and memory (before training, or on the way out).
         if svc is not None:
-            ctx.resources.release("llm")
+            _release(ctx, svc, stopping=not complete)
     seconds = time.perf_counter() - t0
     if not complete:
         kept = sum(1 for r in done.values() if r.get("failure") != "transient")
