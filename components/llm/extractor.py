@@ -151,7 +151,7 @@ class ChunkExtractor:
                 acronyms.append(a)
             else:
                 dropped["acronym_unsupported"] += 1
-        in_chunk = set(rules.spec_refs(text))
+        in_chunk = set(rules.spec_refs(rules.body_text(text)))
         refs = []
         for r in data["spec_refs"]:
             norm = rules.normalise_ref(r)
@@ -305,7 +305,7 @@ def quality(records: list[dict], glossaries: dict[str, rules.Glossary], texts: d
         m["acr_said"] += len(said)
         m["acr_truth"] += len(truth)
         m["acr_hit"] += len(said & truth)
-        truth_refs = set(rules.spec_refs(text))
+        truth_refs = set(rules.spec_refs(rules.body_text(text)))
         said_refs = {rules.normalise_ref(x) or f"?{x}" for x in p["spec_refs"]}
         m["ref_said"] += len(said_refs)
         m["ref_truth"] += len(truth_refs)

@@ -134,10 +134,15 @@ class Glossary:
         return next((r["expansion"] for r in self.acronyms if r["acronym"] == acronym), None)
 
 
+def body_text(text: str) -> str:
+    """The text without page headers and footers, which name the document itself, not a
+    reference ("ETSI TS 138 322 V19.2.0", "3GPP TS 38.322 version 19.2.0 Release 19")."""
+    return "\n".join(l for l in text.splitlines() if not is_page_furniture(l))
+
+
 def extract(chunk: dict, glossary: Glossary, meta: dict | None) -> dict:
     """Everything rules find in one chunk."""
-    # Page headers name the document itself, not a reference.
-    text = "\n".join(l for l in chunk["text"].splitlines() if not is_page_furniture(l))
+    text = body_text(chunk["text"])
     meta = meta or {}
     return {
         "spec": _spec_name(meta),
