@@ -1,69 +1,339 @@
-"""Fine-tuning examples from extractions: which examples a chunk supports, and a split by document
-so a document's facts never sit on both sides of the train/held-out line."""
+"""Fine-tuning examples from extraction records, a split no fact leaks across, and the files
+mlx-lm (and other trainers) read.
+
+Kinds: ``acronym`` and ``definition`` (the glossary), ``qa`` (grounded and verified pairs),
+``summary`` (of a clause), ``spec_clause`` ("which spec and clause covers X", from metadata) and
+``extraction`` (chunk -> the JSON, so the tuned model learns to extract). Mixture weights scale
+each kind in the training split.
+
+Split by document when there are enough documents; otherwise by clause within documents (whole
+clauses, never a chunk on both sides). Held-out examples that repeat or near-copy a training one
+are dropped and counted.
+"""
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+from collections import Counter
+from typing import Iterable, Literal
 
-from pydantic import Field
+import numpy as np
+from pydantic import Field, field_validator
 
-from components.llm.extraction import rule_acronyms
 from components.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KINDS = ("qa", "acronym", "definition", "summary", "spec_clause", "extraction")
+SPLITS = ("train", "valid", "test")
+# Clause titles that are not subject matter: no "which clause covers Scope?" examples.
+_NOT_TOPICS = {"scope", "references", "foreword", "introduction", "definitions", "abbreviations",
+               "symbols", "terms", "general", "definitions, symbols and abbreviations",
+               "definitions and abbreviations", "terms and definitions", "change history",
+               "history", "modal verbs terminology", "intellectual property rights"}
 
 
 class DatasetConfig(Settings):
     """``dataset`` group."""
 
     system_prompt: str = "You are a telecom standards assistant. Answer precisely and concisely."
+    format: Literal["chat", "completions", "text"] = "chat"
+    exports: list[Literal["sharegpt", "alpaca"]] = Field(default_factory=lambda: ["sharegpt", "alpaca"])
+    mixture: dict[str, float] = Field(default_factory=lambda: {
+        "qa": 1.0, "acronym": 1.0, "definition": 1.0, "summary": 1.0, "spec_clause": 1.0,
+        "extraction": 0.5})
     valid_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
-    require_grounded: bool = True  # drop Q&A whose answer is not supported by the source chunk
     min_answer_chars: int = Field(2, ge=0)
+    extraction_max_chars: int = Field(1500, ge=0)  # longer chunks make no extraction example
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1)
+    shingle_size: int = Field(3, ge=1)
+    sample_size: int = Field(20, ge=0)
+
+    @field_validator("mixture")
+    @classmethod
+    def _kinds(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(v) - set(KINDS))
+        if bad:
+            raise ValueError(f"unknown kind(s) {bad}; kinds are {list(KINDS)}")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("weights must be >= 0")
+        return v
 
 
-def examples_from(record: dict, chunk: dict | None, require_grounded: bool,
-                  min_answer_chars: int) -> list[dict]:
-    """(question, answer, kind) triples one chunk and its extraction support."""
-    out = []
-    acronyms = rule_acronyms(chunk) if chunk else []
-    if record.get("status") == "ok":
-        g = record["grounding"]
-        acronyms += g["acronyms"] if require_grounded else record["extraction"]["acronyms"]
-        qa = record["extraction"]["qa"]
-        if (g["qa_grounded"] or not require_grounded) and len(qa["answer"].strip()) >= min_answer_chars:
-            out.append({"question": qa["question"].strip(), "answer": qa["answer"].strip(), "kind": "qa"})
-    seen = set()
-    for a in acronyms:
-        key = (a["acronym"], a["expansion"].lower())
-        if key in seen:
+# ---------------------------------------------------------------- examples
+
+
+def _ex(rec: dict, kind: str, instruction: str, output: str, source: str, inp: str = "") -> dict:
+    return {"instruction": instruction, "input": inp, "output": output, "kind": kind,
+            "source": source, "doc_id": rec["doc_id"], "chunk_id": rec["chunk_id"],
+            "spec": rec.get("spec"), "clause": rec.get("clause") or ""}
+
+
+def _title(rec: dict) -> str:
+    from components.llm.rules import clause_title
+
+    return clause_title({"section_path": rec.get("section_path") or []})
+
+
+def _where(rec: dict) -> str:
+    return rec.get("spec") or (rec.get("rules") or {}).get("doc_title") or rec["doc_id"]
+
+
+EXTRACTION_INSTRUCTION = ("Extract the acronyms, specification references, telecom entities, a "
+                          "one-sentence summary and question/answer pairs (with a verbatim "
+                          "evidence quote) from this specification text, as JSON.")
+
+
+def examples(records: list[dict], chunks: dict[str, dict], cfg: DatasetConfig) -> tuple[list[dict], Counter]:
+    """Every example the records support, and what was dropped by this stage's filters."""
+    out: list[dict] = []
+    dropped: Counter = Counter()
+    seen_glossary: set[tuple] = set()
+    for rec in records:
+        res = rec.get("result")
+        if not res:
             continue
-        seen.add(key)
-        out.append({"question": f"In 3GPP terminology, what does {a['acronym']} stand for?",
-                    "answer": f"{a['acronym']} stands for {a['expansion']}.", "kind": "acronym"})
-    return out
+        for a in res["acronyms"]:
+            key = (rec["doc_id"], a["acronym"], a["expansion"].lower())
+            if key in seen_glossary:
+                continue
+            seen_glossary.add(key)
+            out.append(_ex(rec, "acronym", f"What does {a['acronym']} stand for in telecom specifications?",
+                           f"{a['acronym']} stands for {a['expansion']}.", a["origin"]))
+        for d in res["definitions"]:
+            key = (rec["doc_id"], d["term"].lower())
+            if key in seen_glossary:
+                continue
+            seen_glossary.add(key)
+            definition = d["definition"][:1].upper() + d["definition"][1:]
+            out.append(_ex(rec, "definition", f"Define the term \"{d['term']}\" as used in telecom specifications.",
+                           definition, d["origin"]))
+        for q in res["qa"]:
+            if len(q["answer"].strip()) < cfg.min_answer_chars:
+                dropped["answer_too_short"] += 1
+                continue
+            out.append(_ex(rec, "qa", q["question"].strip(), q["answer"].strip(), q["origin"]))
+        title = _title(rec)
+        if res.get("summary"):
+            what = f"clause {rec['clause']} ({title})" if rec.get("clause") and title != rec["clause"] else f"\"{title}\""
+            out.append(_ex(rec, "summary", f"Summarise {what} of {_where(rec)}.",
+                           res["summary"]["text"], res["summary"]["origin"]))
+        if title and title.lower() not in _NOT_TOPICS and rec.get("clause") and rec["clause"] != title \
+                and not rec.get("skip"):
+            out.append(_ex(rec, "spec_clause", f"Which specification and clause cover {title}?",
+                           f"{_where(rec)}, clause {rec['clause']} ({title}).", "rule"))
+        chunk = chunks.get(rec["chunk_id"])
+        if chunk and not rec.get("skip") and rec.get("status") == "ok" \
+                and len(chunk["text"]) <= cfg.extraction_max_chars:
+            target = {"acronyms": [{"acronym": a["acronym"], "expansion": a["expansion"]} for a in res["acronyms"]],
+                      "spec_refs": [x["ref"] for x in res["spec_refs"]],
+                      "entities": [{"name": e["name"], "type": e["type"]} for e in res["entities"]],
+                      "summary": (res.get("summary") or {}).get("text", ""),
+                      "qa": [{k: q[k] for k in ("question", "answer", "evidence")} for q in res["qa"]]}
+            if any(target.values()):
+                origins = {x["origin"] for x in res["acronyms"] + res["spec_refs"] + res["entities"] + res["qa"]}
+                source = next((o for o in sorted(origins) if o != "rule"), "rule")
+                out.append(_ex(rec, "extraction", EXTRACTION_INSTRUCTION,
+                               json.dumps(target, ensure_ascii=False), source, chunk["text"]))
+    kept = []
+    for e in out:
+        if cfg.mixture.get(e["kind"], 0.0) <= 0:
+            dropped[f"kind_{e['kind']}_weight_0"] += 1
+        else:
+            kept.append(e)
+    return kept, dropped
 
 
-def split_docs(counts: dict[str, int], valid_fraction: float, test_fraction: float, seed: int,
-               min_per_split: int) -> dict[str, str]:
-    """Assign whole documents to splits, each to the split furthest below its share of examples
-    (largest documents first), then make sure held-out splits reach ``min_per_split``."""
+# ---------------------------------------------------------------- splits
+
+
+def _tiebreak(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+def split_groups(counts: dict[str, int], valid_fraction: float, test_fraction: float, seed: int,
+                 min_per_split: int) -> dict[str, str]:
+    """Assign whole groups (documents or clauses) to splits, each to the split furthest below
+    its share of examples (largest first), then make sure held-out splits reach
+    ``min_per_split`` while train keeps at least one group."""
     total = sum(counts.values())
     target = {"train": total * (1 - valid_fraction - test_fraction),
               "valid": total * valid_fraction, "test": total * test_fraction}
-    tiebreak = {d: hashlib.sha256(f"{seed}:{d}".encode()).hexdigest() for d in counts}
+    tb = {g: _tiebreak(seed, g) for g in counts}
     have = dict.fromkeys(target, 0)
     assign: dict[str, str] = {}
-    for d in sorted(counts, key=lambda d: (-counts[d], tiebreak[d])):
-        split = max(target, key=lambda s: target[s] - have[s])
-        assign[d] = split
-        have[split] += counts[d]
+    for g in sorted(counts, key=lambda g: (-counts[g], tb[g])):
+        split = max(target, key=lambda s: (target[s] - have[s], s == "train"))
+        assign[g] = split
+        have[split] += counts[g]
     for split in ("valid", "test"):
         while have[split] < min_per_split:
-            donors = sorted((d for d, s in assign.items() if s == "train"),
-                            key=lambda d: (counts[d], tiebreak[d]))
+            donors = sorted((g for g, s in assign.items() if s == "train"), key=lambda g: (counts[g], tb[g]))
             if len(donors) <= 1:
                 break
             assign[donors[0]] = split
             have[split] += counts[donors[0]]
             have["train"] -= counts[donors[0]]
     return assign
+
+
+def split(examples_: list[dict], cfg: DatasetConfig, min_per_split: int) -> tuple[dict[str, list[dict]], str]:
+    """Examples per split, and how they were split (``document``, ``clause`` or ``example``)."""
+    docs = {e["doc_id"] for e in examples_}
+    if len(docs) >= len(SPLITS):
+        how, key = "document", lambda e: e["doc_id"]
+    else:
+        how, key = "clause", lambda e: f"{e['doc_id']}#{e['clause'] or e['chunk_id']}"
+        if len({key(e) for e in examples_}) < len(SPLITS):
+            # One chunk, one clause: nothing to hold out whole. Hold out single examples.
+            how, key = "example", lambda e: f"{e['chunk_id']}#{e['kind']}#{e['instruction']}"
+    counts = Counter(key(e) for e in examples_)
+    assign = split_groups(dict(counts), cfg.valid_fraction, cfg.test_fraction, cfg.seed, min_per_split)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for e in examples_:
+        out[assign[key(e)]].append(e)
+    return out, how
+
+
+def _text(e: dict) -> str:
+    return " ".join((e["instruction"], e["input"], e["output"]))
+
+
+def drop_duplicates(splits: dict[str, list[dict]], cfg: DatasetConfig) -> Counter:
+    """Exact duplicates within each split; held-out examples equal to, or near-copies of
+    (MinHash over word shingles, confirmed by exact Jaccard), a training example."""
+    from components.processing import dedup
+
+    dropped: Counter = Counter()
+    train_exact: set[str] = set()
+    for s in SPLITS:
+        seen: set[str] = set()
+        kept = []
+        for e in splits[s]:
+            k = " ".join(_text(e).lower().split())
+            if k in seen or (s != "train" and k in train_exact):
+                dropped["exact_duplicates" if k in seen else "train_copies"] += 1
+                continue
+            seen.add(k)
+            kept.append(e)
+        splits[s] = kept
+        if s == "train":
+            train_exact = seen
+    a, b = dedup.permutations(128, cfg.seed)
+    bands = 32
+    train_sets = [dedup.shingles(_text(e), cfg.shingle_size) for e in splits["train"]]
+    index: dict[tuple[int, int], list[int]] = {}
+    if train_sets:
+        keys = dedup.band_keys(np.stack([dedup.signature(x, a, b) for x in train_sets]), bands)
+        for i, row in enumerate(keys.tolist()):
+            for band, k in enumerate(row):
+                index.setdefault((band, k), []).append(i)
+    for s in ("valid", "test"):
+        kept = []
+        for e in splits[s]:
+            sh = dedup.shingles(_text(e), cfg.shingle_size)
+            row = dedup.band_keys(dedup.signature(sh, a, b)[None, :], bands)[0].tolist()
+            cands = {i for band, k in enumerate(row) for i in index.get((band, k), [])}
+            if any(dedup.jaccard(sh, train_sets[i]) >= cfg.near_duplicate_threshold for i in cands):
+                dropped["near_duplicates"] += 1
+                continue
+            kept.append(e)
+        splits[s] = kept
+    return dropped
+
+
+def mix(train: list[dict], mixture: dict[str, float], seed: int) -> list[dict]:
+    """Each training example ``floor(w)`` times, plus once more with probability ``frac(w)``
+    (a seeded hash decides), for its kind's weight ``w``."""
+    out = []
+    for e in train:
+        w = mixture.get(e["kind"], 0.0)
+        n = int(w)
+        u = int(_tiebreak(seed, _text(e))[:8], 16) / 0xFFFFFFFF
+        n += u < (w - int(w))
+        out += [e] * n
+    return out
+
+
+# ---------------------------------------------------------------- formats
+
+
+def meta(e: dict) -> dict:
+    return {k: e[k] for k in ("doc_id", "chunk_id", "spec", "clause", "kind", "source")}
+
+
+def user_text(e: dict) -> str:
+    return e["instruction"] + (f"\n\n{e['input']}" if e["input"] else "")
+
+
+def render(e: dict, fmt: str, system: str) -> dict:
+    """One example in mlx-lm's ``chat``, ``completions`` or ``text`` format, or the ``sharegpt``
+    and ``alpaca`` exports; ``meta`` rides along (mlx-lm ignores it)."""
+    user, answer = user_text(e), e["output"]
+    if fmt == "chat":
+        row = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user},
+                            {"role": "assistant", "content": answer}]}
+    elif fmt == "completions":
+        row = {"prompt": user, "completion": answer}
+    elif fmt == "text":
+        row = {"text": f"{user}\n\n{answer}"}
+    elif fmt == "sharegpt":
+        row = {"conversations": [{"from": "system", "value": system}, {"from": "human", "value": user},
+                                 {"from": "gpt", "value": answer}]}
+    elif fmt == "alpaca":
+        row = {"instruction": e["instruction"], "input": e["input"], "output": answer, "system": system}
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return {**row, "meta": meta(e)}
+
+
+# ---------------------------------------------------------------- the card
+
+LICENSE_NOTE = ("Source text from 3GPP and ETSI specifications belongs to its owners (3GPP "
+                "Organizational Partners, ETSI). This dataset is derived from it for your own use: "
+                "it stays with you; do not publish or redistribute it.")
+
+
+def _table(title: str, rows: dict[str, Counter], cols: Iterable[str]) -> list[str]:
+    cols = list(cols)
+    lines = [f"### {title}", "", "| | " + " | ".join(cols) + " | total |", "|---" * (len(cols) + 2) + "|"]
+    for name in sorted(rows):
+        c = rows[name]
+        lines.append(f"| {name} | " + " | ".join(str(c.get(s, 0)) for s in cols) + f" | {sum(c.values())} |")
+    return lines + [""]
+
+
+def card(splits: dict[str, list[dict]], how: str, cfg: DatasetConfig, models: list[str],
+         extraction_drops: Counter, dataset_drops: Counter, skipped: Counter) -> str:
+    by = {"kind": {}, "source": {}, "document": {}}
+    for s, rows in splits.items():
+        for e in rows:
+            for field, v in (("kind", e["kind"]), ("source", e["source"]), ("document", e["doc_id"])):
+                by[field].setdefault(v, Counter())[s] += 1
+    split_line = {"document": "by document (no document on both sides)",
+                  "clause": ("by clause within the documents: fewer documents than splits, so whole "
+                             "clauses are held out (never a chunk on both sides)"),
+                  "example": ("by example: the corpus has fewer clauses than splits, so held-out "
+                              "examples share chunks with training ones")}[how]
+    lines = ["# Dataset card", "",
+             f"Examples: train {len(splits['train'])}, valid {len(splits['valid'])}, "
+             f"test {len(splits['test'])}. Format `{cfg.format}`; exports: "
+             f"{', '.join(cfg.exports) or 'none'}.", "",
+             f"Split {split_line}; seed {cfg.seed}.", "",
+             "Models used: " + (", ".join(models) if models else "none (rules only)") + ".", "",
+             "Mixture weights (training split): " + ", ".join(f"{k} {v:g}" for k, v in cfg.mixture.items()) + ".", "",
+             "## Counts", ""]
+    for field in ("kind", "source", "document"):
+        lines += _table(f"By {field}", by[field], SPLITS)
+    lines += ["## Filters", "", "Dropped during extraction (items the chunk does not support or that "
+              "were degenerate), by reason:", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(extraction_drops.items())] or ["- none"]
+    lines += ["", "Chunks that got rules only (no model request), by reason:", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(skipped.items())] or ["- none"]
+    lines += ["", "Dropped by this stage:", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(dataset_drops.items())] or ["- none"]
+    lines += ["", "## License", "", LICENSE_NOTE, ""]
+    return "\n".join(lines)

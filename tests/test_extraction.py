@@ -1,61 +1,105 @@
+"""The extraction contract: schema, parsing, grounding, degenerate output, verification, and how a
+record says where each item came from and whether a failure is final or transient."""
 from __future__ import annotations
 
 import json
+import threading
 
 import jsonschema
+import pytest
 
-from components.llm.extraction import (Extraction, expands, grounding, json_schema, parse,
-                                   rule_acronyms)
+from components.llm import extraction as X
+from components.llm import grounding as G
+from components.llm.extraction import Extraction, ExtractionConfig, expands, json_schema, parse
+from components.llm.extractor import ChunkExtractor, quality
+from components.llm.rules import Glossary
+from components.llm.services import Reply, ServiceError
 
 TEXT = ("The RRC protocol (Radio Resource Control) runs between the UE and the gNB, see "
-        "TS 38.331 and 3GPP TR 21.905. Timer T300 supervises RRC connection establishment.")
-GOOD = {"acronyms": [{"acronym": "RRC", "expansion": "Radio Resource Control"}],
+        "TS 38.331 and 3GPP TR 21.905. Timer T300 supervises RRC connection establishment "
+        "and its default value is 1000 ms.")
+GOOD = {"entities": [{"name": "T300", "type": "timer"}, {"name": "RRC", "type": "protocol"}],
+        "acronyms": [{"acronym": "RRC", "expansion": "Radio Resource Control"}],
         "spec_refs": ["TS 38.331"],
-        "qa": {"question": "What does timer T300 supervise?",
-               "answer": "RRC connection establishment"}}
+        "summary": "Timer T300 supervises RRC connection establishment.",
+        "qa": [{"question": "What does timer T300 supervise?",
+                "answer": "RRC connection establishment",
+                "evidence": "Timer T300 supervises RRC connection establishment"}]}
 
 
-def test_schema_is_valid_and_matches_the_model():
-    schema = json_schema()
+def test_schema_is_valid_inline_and_matches_the_model():
+    schema = json_schema(qa_per_chunk=3)
     jsonschema.Draft202012Validator.check_schema(schema)
+    assert "$ref" not in json.dumps(schema) and "$defs" not in schema
+    assert schema["properties"]["qa"]["maxItems"] == 3
+    assert schema["properties"]["entities"]["items"]["properties"]["type"]["enum"] == X.ENTITY_TYPES
     jsonschema.validate(GOOD, schema)
+    jsonschema.validate(json.loads(X._EXAMPLE_OUT), schema)
     Extraction.model_validate(GOOD)
+    bad = {**GOOD, "entities": [{"name": "AMF", "type": "vegetable"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
 
 
-def test_parse_valid_json():
-    data, err, repaired = parse(json.dumps(GOOD))
-    assert err is None and not repaired and data["qa"]["answer"] == "RRC connection establishment"
+def test_parse_valid_repaired_schema_error_and_not_json():
+    p = parse(json.dumps(GOOD))
+    assert p.error is None and not p.repaired and p.json_valid and p.data["qa"][0]["answer"]
+    cut = parse(json.dumps(GOOD)[:-3])  # a server that hit max_tokens
+    assert cut.repaired
+    bad = parse(json.dumps({**GOOD, "qa": [{"question": "?", "answer": "x", "evidence": "y"}]}))
+    assert bad.data is None and bad.json_valid and bad.error.startswith("schema: qa.0.question")
+    junk = parse("I cannot help with that.")
+    assert junk.data is None and not junk.json_valid and junk.error
 
 
-def test_parse_repairs_truncated_json():
-    cut = json.dumps(GOOD)[:-3]  # a server that hit max_tokens
-    data, err, repaired = parse(cut)
-    assert repaired
-    assert data is None or data["acronyms"][0]["acronym"] == "RRC"
+def test_the_prompt_carries_spec_clause_and_glossary():
+    chunk = {"text": TEXT, "section_path": ["5 Procedures", "5.3 RRC connection"]}
+    msgs = X.messages_for(chunk, "TS 38.331", 18, [{"acronym": "RRC", "expansion": "Radio Resource Control"}])
+    user = msgs[-1]["content"]
+    assert "Specification: TS 38.331 (Release 18)" in user
+    assert "Clause: 5 Procedures > 5.3 RRC connection" in user
+    assert "RRC = Radio Resource Control" in user and user.endswith(TEXT)
 
 
-def test_parse_reports_schema_errors_without_raising():
-    bad = dict(GOOD, qa={"question": "?", "answer": "x"})
-    data, err, _ = parse(json.dumps(bad))
-    assert data is None and err.startswith("schema: qa.question")
+def test_quotes_must_occur_in_the_chunk():
+    assert G.contains_quote("timer  T300 supervises\nRRC connection", TEXT)
+    assert G.contains_quote("| T310 | 1000 ms |".replace("|", ""), "| T310 | 1000 ms | RLF |")
+    assert not G.contains_quote("Timer T300 supervises handover", TEXT)
+    assert not G.contains_quote("RRC", TEXT)  # too short to be evidence
 
 
-def test_parse_reports_non_json():
-    data, err, _ = parse("I cannot help with that.")
-    assert data is None and err
+@pytest.mark.parametrize("answer, quote, why", [
+    ("1000 ms", "its default value is 1000 ms", None),
+    ("2000 ms", "its default value is 1000 ms", "number_not_in_quote"),
+    ("1000 dB", "its default value is 1000 ms", "unit_not_in_quote"),
+    ("As in TS 38.300", "see TS 38.331 for the value", "spec_ref_not_in_quote"),
+    ("The AMF decides", "the network decides the value", "acronym_not_in_quote"),
+    ("Handover preparation at the target", "Timer T300 supervises RRC connection establishment",
+     "answer_not_in_quote"),
+])
+def test_answers_must_be_supported_by_their_quote(answer, quote, why):
+    assert G.unsupported_in_answer(answer, quote) == why
 
 
-def test_grounding_accepts_supported_and_rejects_made_up_parts():
-    made_up = {"acronyms": [{"acronym": "RRC", "expansion": "Radio Resource Control"},
-                            {"acronym": "3GPP", "expansion": "TS 38.331"},
-                            {"acronym": "AMF", "expansion": "Access and Mobility Function"}],
-               "spec_refs": ["TS 38.331", "TS 99.999"],
-               "qa": {"question": "What is X?", "answer": "Something entirely unrelated here"}}
-    g = grounding(made_up, TEXT)
-    assert [a["acronym"] for a in g["acronyms"]] == ["RRC"]
-    assert g["spec_refs"] == ["TS 38.331"]
-    assert not g["qa_grounded"]
-    assert grounding(GOOD, TEXT)["qa_grounded"]
+def test_an_acronym_is_supported_by_its_expansion_in_the_quote():
+    g = Glossary([{"doc_id": "d", "source": "abbreviations", "clause": "3.2", "acronym": "AMF",
+                   "expansion": "Access and Mobility Management Function"}])
+    assert G.unsupported_in_answer("The AMF", "the Access and Mobility Management Function decides", g) is None
+
+
+def test_degenerate_output_is_recognised():
+    loop = "Release 17 is a feature set that is a feature set that is a feature set that is"
+    assert G.repetition_loop(loop)
+    assert not G.repetition_loop("Timer T300 supervises RRC connection establishment.")
+    assert G.restates_question("What does timer T300 supervise?", "Timer T300 supervises")
+    assert not G.restates_question("What does timer T300 supervise?", "RRC connection establishment")
+    ex = X.EXAMPLE_QA
+    assert G.qa_drop_reason({**ex}, TEXT, ex) == "example_copy"
+    assert G.qa_drop_reason({"question": "What is RRC?", "answer": loop, "evidence": TEXT[:60]},
+                            TEXT, ex) == "repetition_loop"
+    assert G.qa_drop_reason(GOOD["qa"][0], TEXT, ex) is None
+    assert G.qa_drop_reason({**GOOD["qa"][0], "evidence": "Timer T300 supervises handover"}, TEXT,
+                            ex) == "quote_not_in_chunk"
 
 
 def test_expands():
@@ -65,15 +109,125 @@ def test_expands():
     assert not expands("RRC", "RRC")
 
 
-def test_rule_acronyms_from_an_abbreviations_section():
-    chunk = {"heading": "3.2 Abbreviations", "section_path": ["3 Definitions", "3.2 Abbreviations"],
-             "text": "For the purposes of the present document, the following abbreviations apply.\n\n"
-                     "AMF\tAccess and Mobility Management Function\n\ngNB next generation Node B\n"
-                     "For the purposes of the present document\nQoS Quality of Service\n"
-                     "| PCI | Physical Cell Identity |\n| Abbreviation | Expansion |\n|---|---|"}
-    got = rule_acronyms(chunk)
-    assert got == [{"acronym": "AMF", "expansion": "Access and Mobility Management Function"},
-                   {"acronym": "gNB", "expansion": "next generation Node B"},
-                   {"acronym": "QoS", "expansion": "Quality of Service"},
-                   {"acronym": "PCI", "expansion": "Physical Cell Identity"}]
-    assert rule_acronyms(dict(chunk, heading="5.1 Procedures", section_path=["5.1 Procedures"])) == []
+class Scripted:
+    """A service that answers from a script (the wire is tested in test_services and by the
+    real embedded server below); records what it was asked."""
+
+    name = "scripted"
+    model = "scripted-model"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.asked = []
+
+    def chat_json(self, messages, schema, max_tokens, temperature=0.0):
+        self.asked.append(messages)
+        r = self.replies.pop(0)
+        if isinstance(r, BaseException):
+            raise r
+        return Reply(content=r if isinstance(r, str) else json.dumps(r), completion_tokens=10)
+
+
+CHUNK = {"id": "d#1", "doc_id": "d", "text": TEXT, "section_path": ["5.3 RRC connection"],
+         "n_words": 40}
+GLOSSARY = {"d": Glossary([{"doc_id": "d", "source": "abbreviations", "clause": "3.2",
+                            "acronym": "RRC", "expansion": "Radio Resource Control"},
+                           {"doc_id": "d", "source": "abbreviations", "clause": "3.2",
+                            "acronym": "UE", "expansion": "User Equipment"}])}
+META = {"d": {"spec": "38.331", "spec_type": "TS", "release": 18, "title": "RRC"}}
+
+
+def extractor(replies, **cfg):
+    return ChunkExtractor(ExtractionConfig(**cfg), GLOSSARY, META, Scripted(replies))
+
+
+def test_a_chunk_keeps_only_what_it_supports_and_says_where_each_item_came_from():
+    reply = {**GOOD,
+             "entities": GOOD["entities"] + [{"name": "AMF", "type": "network function"}],
+             "acronyms": GOOD["acronyms"] + [{"acronym": "3GPP", "expansion": "2026-06"}],
+             "spec_refs": ["TS 38.331", "DNN", "TS 99.999"],
+             "qa": GOOD["qa"] + [dict(X.EXAMPLE_QA),
+                                 {"question": "What is the default value of T300?",
+                                  "answer": "1000 ms", "evidence": "its default value is 1000 ms"}]}
+    ex = extractor([reply, {"answer": "RRC connection establishment"}, {"answer": "unknown"},
+                    {"answer": "2 seconds"}])
+    rec = ex(CHUNK, "key")
+    llm = rec["llm"]
+    assert rec["status"] == "ok" and rec["failure"] is None
+    assert [e["name"] for e in llm["entities"]] == ["T300", "RRC"]
+    assert llm["dropped"] == {"entity_not_in_chunk": 1, "acronym_unsupported": 1,
+                              "spec_ref_not_a_reference": 1, "spec_ref_not_in_chunk": 1,
+                              "example_copy": 1, "verify_disagrees": 1}
+    assert [q["answer"] for q in llm["qa"]] == ["RRC connection establishment"]
+    assert llm["qa_proposed"] == 3 and llm["qa_grounded"] == 2
+    res = rec["result"]
+    assert {(a["acronym"], a["origin"]) for a in res["acronyms"]} == {("RRC", "rule"), ("UE", "rule")}
+    assert {(x["ref"], x["origin"]) for x in res["spec_refs"]} == {("TS 38.331", "rule"), ("TR 21.905", "rule")}
+    assert res["qa"][0]["origin"] == "scripted-model" and res["summary"]["origin"] == "scripted-model"
+    # The hybrid prompt told the model the glossary entries of the chunk.
+    assert "RRC = Radio Resource Control" in ex.service.asked[0][-1]["content"]
+    m = quality([rec], GLOSSARY, {"d#1": TEXT})
+    assert m["extract/qa_keep_rate"] == round(1 / 3, 4) and m["extract/qa_grounded_rate"] == round(2 / 3, 4)
+    assert m["extract/acronym_precision"] == 0.5 and m["extract/acronym_recall"] == 0.5
+    assert m["extract/spec_ref_recall"] == 0.5 and m["extract/spec_ref_precision"] == round(1 / 3, 4)
+    assert m["extract/entities_timer"] == 1 and m["extract/acronyms_rule"] == 2
+
+
+def test_a_question_answerable_without_the_chunk_is_dropped():
+    ex = extractor([GOOD, {"answer": "RRC connection establishment"},
+                    {"answer": "RRC connection establishment"}])
+    rec = ex(CHUNK, "key")
+    assert rec["llm"]["qa"] == [] and rec["llm"]["dropped"]["answerable_without_chunk"] == 1
+
+
+def test_invalid_output_gets_one_repair_then_a_final_dead_letter():
+    ex = extractor(["not json at all", '{"entities": "nope"}'])
+    rec = ex(CHUNK, "key")
+    assert rec["status"] == "invalid" and rec["failure"] == "final"
+    assert rec["error"].startswith("schema: entities") and rec["llm"]["attempts"] == 2
+    assert rec["llm"]["raw"] == '{"entities": "nope"}'
+    assert "not valid" in ex.service.asked[1][-1]["content"]  # the repair request says why
+    assert rec["result"]["acronyms"]  # rules still give what they give
+
+    repaired = extractor(["oops", GOOD, {"answer": "RRC connection establishment"}, {"answer": "x"}])
+    assert repaired(CHUNK, "key")["status"] == "ok"
+
+
+def test_service_failures_are_transient_and_bugs_are_not_swallowed():
+    rec = extractor([ServiceError("HTTP 500")])(CHUNK, "key")
+    assert rec["status"] == "error" and rec["failure"] == "transient" and "HTTP 500" in rec["error"]
+
+    class Final(ServiceError):
+        transient = False
+    with pytest.raises(Final):  # a failure marked final by the service is not a transient record
+        extractor([Final("bad request")])(CHUNK, "key")
+    with pytest.raises(KeyError):
+        extractor([KeyError("bug")])(CHUNK, "key")
+
+
+def test_rules_mode_and_skipped_chunks_make_no_request():
+    ex = ChunkExtractor(ExtractionConfig(extractor="rules"), GLOSSARY, META, service=None)
+    rec = ex(CHUNK, "key")
+    assert rec["llm"] is None and rec["status"] == "ok" and rec["result"]["acronyms"]
+    short = extractor([])
+    rec = short({**CHUNK, "text": "RRC see TS 38.331.", "n_words": 4}, "key")
+    assert rec["skip"] == "too_short" and rec["llm"] is None and short.service.asked == []
+    assert rec["result"]["spec_refs"] == [{"ref": "TS 38.331", "origin": "rule"}]
+
+
+def test_llm_mode_uses_the_model_alone():
+    ex = extractor([GOOD, {"answer": "RRC connection establishment"}, {"answer": "x"}], extractor="llm")
+    rec = ex(CHUNK, "key")
+    assert "Abbreviations:" not in ex.service.asked[0][-1]["content"]
+    assert {a["origin"] for a in rec["result"]["acronyms"]} == {"scripted-model"}
+    assert rec["result"]["definitions"] == [] and rec["result"]["releases"] == []
+
+
+def test_a_stop_request_between_requests_abandons_the_chunk():
+    from components.llm.extractor import Cancelled
+
+    ex = extractor([GOOD])
+    ex.cancel = threading.Event()
+    ex.cancel.set()
+    with pytest.raises(Cancelled):
+        ex(CHUNK, "key")

@@ -12,17 +12,24 @@ from runner.stage import Resources, StageContext, StageError
 
 
 def chunk(doc: str, i: int) -> dict:
-    acr = f"A{i}{doc[:2].upper()}"
-    return {"id": f"{doc}#{i}", "doc_id": doc, "heading": "3.2 Abbreviations",
-            "section_path": ["3 Definitions", "3.2 Abbreviations"],
-            "text": f"{acr}\tAlpha {i} {doc[:2]} expansion"}
+    return {"id": f"{doc}#{i}", "doc_id": doc, "heading": f"5.{i} Procedure {i}",
+            "section_path": ["5 Procedures", f"5.{i} Procedure {i}"],
+            "text": f"Procedure {i} of {doc}: the network function {doc[:2].upper()}{i} answers."}
 
 
 def extraction(doc: str, i: int) -> dict:
-    return {"chunk_id": f"{doc}#{i}", "doc_id": doc, "status": "ok",
-            "extraction": {"acronyms": [], "spec_refs": [],
-                       "qa": {"question": f"What is item {i} of {doc}?", "answer": f"Item {i} of {doc}"}},
-        "grounding": {"acronyms": [], "spec_refs": [], "qa_support": 1.0, "qa_grounded": True}}
+    """A record as the extract stage writes it (only the fields the dataset stage reads)."""
+    acr = f"A{i}{doc[:2].upper()}"
+    return {"chunk_id": f"{doc}#{i}", "doc_id": doc, "status": "ok", "failure": None, "skip": None,
+            "spec": f"TS 99.{100 + ord(doc[0])}", "clause": f"5.{i}",
+            "section_path": ["5 Procedures", f"5.{i} Procedure {i}"],
+            "llm": {"model": "m", "dropped": {"example_copy": 1}},
+            "result": {"acronyms": [{"acronym": acr, "expansion": f"Alpha {i} {doc} expansion",
+                                     "origin": "rule"}],
+                       "spec_refs": [], "definitions": [], "clause_refs": [], "releases": [],
+                       "entities": [], "summary": None,
+                       "qa": [{"question": f"What is item {i} of {doc}?", "answer": f"Item {i} of {doc}",
+                               "evidence": f"Item {i} of {doc}", "origin": "m"}]}}
 
 
 @pytest.fixture
@@ -51,7 +58,7 @@ def test_unknown_stage(ctx):
 def test_stage_runs_then_skips_until_input_or_config_change(ctx, monkeypatch):
     m1 = pipeline.run(ctx.run_dir, ctx.cfg, ctx.tracker, ["dataset"])
     assert m1["dataset/documents"] == 5
-    assert sum(m1[f"dataset/{s}"] for s in ("train", "valid", "test")) == 40
+    assert m1["dataset/qa"] == 20 and m1["dataset/acronym"] == 20 and m1["dataset/spec_clause"] == 20
     before = (ctx.run_dir / "dataset" / "train.jsonl").read_bytes()
 
     from runner.stages import dataset as stage

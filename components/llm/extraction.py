@@ -1,22 +1,31 @@
-"""What the extraction asks a model for, and how its answer is judged.
+"""What the extraction asks a model for, and how its answer is read.
 
-The schema is the contract with the model (sent as ``response_format``/``format``); pydantic
-validates what comes back; json-repair rescues near-JSON from servers that do not constrain
-output. Grounding checks (is the acronym, the reference, the answer in the chunk?) measure
-extraction quality, since a valid JSON object can still be made up.
+The schema is the contract with the model (sent as ``response_format``/``format``): pydantic
+models, turned into a JSON schema without ``$ref`` that llama.cpp, Ollama and OpenAI-compatible
+servers all accept, with tighter limits than validation so a constrained server cannot ramble.
+json-repair rescues near-JSON from servers that do not constrain output. What the chunk supports
+is judged in ``grounding``; what rules find without a model is in ``rules``.
 """
 from __future__ import annotations
 
+import copy
 import json
-import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import json_repair
 from pydantic import BaseModel, Field, ValidationError
+
 from components.settings import Settings
 
-SPEC_REF = re.compile(r"\b(?:3GPP\s+)?(TS|TR)\s+(\d{2}\.\d{3})(?:-\d+)?\b")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
+ENTITY_TYPES = ["network function", "protocol", "procedure", "message",
+                "information element", "interface", "channel", "timer"]
+
+
+class Entity(BaseModel):
+    name: str = Field(min_length=1, max_length=80)
+    type: Literal["network function", "protocol", "procedure", "message",
+                  "information element", "interface", "channel", "timer"]
 
 
 class Acronym(BaseModel):
@@ -27,63 +36,148 @@ class Acronym(BaseModel):
 class QA(BaseModel):
     question: str = Field(min_length=5, max_length=300)
     answer: str = Field(min_length=1, max_length=400)
+    evidence: str = Field(min_length=1, max_length=600)
 
 
 class Extraction(BaseModel):
-    acronyms: list[Acronym] = Field(default_factory=list, max_length=12)
-    spec_refs: list[str] = Field(default_factory=list, max_length=12)
-    qa: QA
+    entities: list[Entity] = Field(default_factory=list, max_length=16)
+    acronyms: list[Acronym] = Field(default_factory=list, max_length=16)
+    spec_refs: list[str] = Field(default_factory=list, max_length=16)
+    summary: str = Field("", max_length=600)
+    qa: list[QA] = Field(default_factory=list, max_length=8)
 
 
-def json_schema(max_acronyms: int = 8, max_spec_refs: int = 8) -> dict:
-    """A schema llama.cpp, Ollama and OpenAI-compatible servers all accept (no $ref)."""
-    return {
-        "type": "object",
-        "properties": {
-            "acronyms": {"type": "array", "maxItems": max_acronyms, "items": {
-                "type": "object",
-                "properties": {"acronym": {"type": "string", "maxLength": 16},
-                               "expansion": {"type": "string", "maxLength": 80}},
-                "required": ["acronym", "expansion"], "additionalProperties": False}},
-            "spec_refs": {"type": "array", "maxItems": max_spec_refs,
-                          "items": {"type": "string", "maxLength": 24}},
-            "qa": {"type": "object",
-                   "properties": {"question": {"type": "string", "maxLength": 160},
-                                  "answer": {"type": "string", "maxLength": 200}},
-                   "required": ["question", "answer"], "additionalProperties": False},
-        },
-        "required": ["acronyms", "spec_refs", "qa"],
-        "additionalProperties": False,
-    }
+class Answer(BaseModel):
+    answer: str = Field(max_length=400)
 
+
+# Limits sent to the server: tighter than validation, so output stays short and loops end.
+_LIMITS = {"entities": {"maxItems": 6}, "entities.name": {"maxLength": 40},
+           "acronyms": {"maxItems": 6}, "acronyms.acronym": {"maxLength": 16},
+           "acronyms.expansion": {"maxLength": 80}, "spec_refs": {"maxItems": 6},
+           "spec_refs.*": {"maxLength": 24}, "summary": {"maxLength": 200},
+           "qa.question": {"maxLength": 140}, "qa.answer": {"maxLength": 120},
+           "qa.evidence": {"maxLength": 240}, "answer": {"maxLength": 120}}
+
+
+def schema_of(model: type[BaseModel], limits: dict[str, dict] | None = None) -> dict:
+    """The model's JSON schema with ``$ref``s inlined, titles and defaults dropped, every
+    property required and no extra properties (what strict OpenAI mode asks for)."""
+    raw = model.model_json_schema()
+    defs = raw.pop("$defs", {})
+    limits = {**_LIMITS, **(limits or {})}
+
+    def walk(node: Any, path: str, own: bool = True) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(copy.deepcopy(defs[node["$ref"].split("/")[-1]]), path, own)
+            node = {k: v for k, v in node.items() if k not in ("title", "default", "description")}
+            if node.get("type") == "object" and "properties" in node:
+                node["properties"] = {k: walk(v, f"{path}.{k}".lstrip("."))
+                                      for k, v in node["properties"].items()}
+                node["required"] = list(node["properties"])
+                node["additionalProperties"] = False
+            elif node.get("type") == "array" and "items" in node:
+                items = walk(node["items"], path, own=False)
+                node["items"] = {**items, **limits.get(f"{path}.*", {})}
+            return {**node, **limits.get(path, {})} if own else node
+        return node
+
+    return walk(raw, "")
+
+
+def json_schema(max_acronyms: int = 6, max_spec_refs: int = 6, qa_per_chunk: int = 2,
+                max_entities: int = 6) -> dict:
+    return schema_of(Extraction, {"acronyms": {"maxItems": max_acronyms},
+                                  "spec_refs": {"maxItems": max_spec_refs},
+                                  "entities": {"maxItems": max_entities},
+                                  "qa": {"maxItems": qa_per_chunk}})
+
+
+def answer_schema() -> dict:
+    return schema_of(Answer)
+
+
+# ---------------------------------------------------------------- prompts
 
 SYSTEM_PROMPT = (
     "You extract training data from telecom specifications. Reply with one JSON object only. "
-    "acronyms: abbreviations that appear in the text, with their expansions. spec_refs: "
-    "specification references in the text, like \"TS 38.331\". qa: one question a telecom "
-    "engineer could ask about the text, and its short answer taken from the text.")
+    "entities: telecom terms named in the text, each with a type: " + ", ".join(ENTITY_TYPES) + ". "
+    "acronyms: abbreviations that appear in the text, with their expansions. "
+    "spec_refs: specification references in the text, like \"TS 38.331\". "
+    "summary: one sentence saying what the text specifies. "
+    "qa: questions an engineer could ask that the text answers, each with a short answer and "
+    "evidence: a sentence copied word for word from the text that contains the answer.")
 
-
-# One worked example: small models follow a demonstration far better than an instruction. It
-# is a fixed prefix, so llama.cpp's prompt cache makes it nearly free after the first chunk.
-_EXAMPLE_IN = ("Section: 6.2 Paging\n\nText:\nThe AMF (Access and Mobility Management Function) "
-               "pages the UE when downlink data arrives, as described in TS 23.502.")
+# One worked example: small models follow a demonstration far better than an instruction. It is
+# a fixed prefix, so llama.cpp's prompt cache makes it nearly free after the first chunk. Its
+# question and answer are checked for on every reply (a copy onto a chunk that does not say it
+# is dropped).
+_EXAMPLE_IN = ("Specification: TS 99.901 (Release 18)\nClause: 7.4 Beam reporting\n"
+               "Abbreviations: CSI = Channel State Information\n\nText:\n"
+               "The UE reports CSI to the serving cell on the PUCCH every 20 slots, as configured "
+               "in TS 99.911. Reporting stops when timer T999 expires.")
+EXAMPLE_QA = {"question": "How often does the UE report CSI on the PUCCH?",
+              "answer": "Every 20 slots.",
+              "evidence": "The UE reports CSI to the serving cell on the PUCCH every 20 slots"}
 _EXAMPLE_OUT = json.dumps({
-    "acronyms": [{"acronym": "AMF", "expansion": "Access and Mobility Management Function"}],
-    "spec_refs": ["TS 23.502"],
-    "qa": {"question": "When does the AMF page the UE?", "answer": "When downlink data arrives."}})
+    "entities": [{"name": "PUCCH", "type": "channel"}, {"name": "T999", "type": "timer"}],
+    "acronyms": [{"acronym": "CSI", "expansion": "Channel State Information"}],
+    "spec_refs": ["TS 99.911"],
+    "summary": "The clause specifies when the UE reports channel state information.",
+    "qa": [EXAMPLE_QA]})
 
 
-def messages_for(chunk: dict) -> list[dict]:
-    heading = " > ".join(chunk.get("section_path") or []) or chunk.get("heading") or ""
+def messages_for(chunk: dict, spec: str | None, release: int | None, glossary: list[dict]) -> list[dict]:
+    """The request for one chunk: its spec, clause path and the glossary entries it uses."""
+    head = []
+    if spec:
+        head.append(f"Specification: {spec}" + (f" (Release {release})" if release else ""))
+    path = " > ".join(chunk.get("section_path") or []) or chunk.get("heading") or ""
+    if path:
+        head.append(f"Clause: {path}")
+    if glossary:
+        head.append("Abbreviations: " + "; ".join(f"{g['acronym']} = {g['expansion']}" for g in glossary[:12]))
+    user = "\n".join(head) + ("\n\n" if head else "") + f"Text:\n{chunk['text']}"
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": _EXAMPLE_IN},
             {"role": "assistant", "content": _EXAMPLE_OUT},
-            {"role": "user", "content": f"Section: {heading}\n\nText:\n{chunk['text']}"}]
+            {"role": "user", "content": user}]
 
 
-def parse(content: str) -> tuple[dict | None, str | None, bool]:
-    """Return (validated extraction, error, repaired). Never raises."""
+def repair_messages(messages: list[dict], reply: str, error: str) -> list[dict]:
+    """One more try, telling the model what was wrong with its reply."""
+    return messages + [{"role": "assistant", "content": reply[:2000]},
+                       {"role": "user", "content": f"That reply was not valid ({error[:200]}). "
+                                                   "Reply again with one JSON object that follows the schema."}]
+
+
+def verify_messages(text: str, question: str) -> list[dict]:
+    return [{"role": "system", "content": "Answer the question from the text alone, in a few words. "
+                                          "Reply with JSON: {\"answer\": \"...\"}. If the text does "
+                                          "not answer it, answer \"unknown\"."},
+            {"role": "user", "content": f"Text:\n{text}\n\nQuestion: {question}"}]
+
+
+def closed_book_messages(question: str) -> list[dict]:
+    return [{"role": "system", "content": "Answer the telecom question in a few words. Reply with "
+                                          "JSON: {\"answer\": \"...\"}."},
+            {"role": "user", "content": question}]
+
+
+# ---------------------------------------------------------------- reading replies
+
+
+@dataclass
+class Parsed:
+    data: dict | None
+    error: str | None
+    repaired: bool
+    json_valid: bool
+
+
+def parse(content: str, model: type[BaseModel] = Extraction) -> Parsed:
+    """The validated reply, or why it is not one. Never raises."""
     repaired = False
     try:
         raw = json.loads(content)
@@ -92,23 +186,21 @@ def parse(content: str) -> tuple[dict | None, str | None, bool]:
             raw = json_repair.loads(content or "")
             repaired = True
         except Exception as exc:  # json-repair gives up on some inputs
-            return None, f"not JSON: {exc}", False
+            return Parsed(None, f"not JSON: {exc}", False, False)
         if not isinstance(raw, dict) or not raw:
-            return None, "not JSON: no object could be recovered", repaired
+            return Parsed(None, "not JSON: no object could be recovered", repaired, False)
+    if not isinstance(raw, dict):
+        return Parsed(None, "schema: the reply is not a JSON object", repaired, True)
     try:
-        return Extraction.model_validate(raw).model_dump(), None, repaired
+        return Parsed(model.model_validate(raw).model_dump(), None, repaired, True)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))
-        return None, f"schema: {loc}: {first.get('msg')}", repaired
+        return Parsed(None, f"schema: {loc}: {first.get('msg')}", repaired, True)
 
 
 def _norm(s: str) -> str:
     return " ".join(s.lower().split())
-
-
-def _tokens(s: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(s) if len(w) > 2}
 
 
 def expands(acronym: str, expansion: str) -> bool:
@@ -127,63 +219,23 @@ def expands(acronym: str, expansion: str) -> bool:
     return True
 
 
-def grounding(extraction: dict, text: str) -> dict[str, Any]:
-    """Which parts of an extraction the chunk supports."""
-    low = _norm(text)
-    acr_ok = [a for a in extraction.get("acronyms", [])
-              if re.search(rf"(?<![A-Za-z0-9]){re.escape(a['acronym'])}(?![A-Za-z0-9])", text)
-              and _norm(a["expansion"]) in low and expands(a["acronym"], a["expansion"])]
-    found_refs = {m.group(2) for m in SPEC_REF.finditer(text)}
-    refs_ok = [r for r in extraction.get("spec_refs", [])
-               if any(num in r for num in found_refs)]
-    qa = extraction.get("qa") or {}
-    ans = _tokens(qa.get("answer", ""))
-    overlap = len(ans & _tokens(text)) / len(ans) if ans else 0.0
-    return {"acronyms": acr_ok, "spec_refs": refs_ok, "qa_support": round(overlap, 3),
-            "qa_grounded": bool(ans) and overlap >= 0.6}
-
-
-# "ACR<tab>Expansion" lines (whitespace may be collapsed by normalization) or "| ACR | Expansion |"
-# rows under an Abbreviations heading: the 3GPP convention, parsed by rule because it is exact
-# where a small model is not.
-_ACRONYM = re.compile(r"^[A-Za-z0-9][\w\-/]{0,15}$")
-
-
-def _looks_like_acronym(tok: str) -> bool:
-    upper = sum(c.isupper() for c in tok)
-    return bool(_ACRONYM.match(tok)) and (upper >= 2 or (upper == 1 and any(c.isdigit() for c in tok)))
-
-
-def rule_acronyms(chunk: dict) -> list[dict]:
-    path = " ".join(chunk.get("section_path") or []) + " " + (chunk.get("heading") or "")
-    if "abbreviation" not in path.lower():
-        return []
-    out, seen = [], set()
-    for line in chunk["text"].splitlines():
-        line = line.strip()
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) < 2:
-                continue
-            acr, exp = cells[0], cells[1]
-        else:
-            parts = line.split(None, 1)
-            if len(parts) < 2:
-                continue
-            acr, exp = parts[0], parts[1].strip()
-        if (acr not in seen and _looks_like_acronym(acr) and exp[:1].isalpha()
-                and len(exp) <= 120 and expands(acr, exp)):
-            seen.add(acr)
-            out.append({"acronym": acr, "expansion": exp})
-    return out
-
-
 class ExtractionConfig(Settings):
-    """``extraction`` group: what is asked of the model per chunk, and how hard to push."""
+    """``extraction`` group: what rules and the model extract per chunk, and how hard to push."""
 
+    extractor: Literal["rules", "llm", "hybrid"] = "hybrid"
     concurrency: int = Field(2, ge=1)
-    max_tokens: int = Field(256, ge=16)
+    max_tokens: int = Field(512, ge=16)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_chunks: int | None = Field(None, ge=1)
-    max_acronyms: int = Field(4, ge=0)
-    max_spec_refs: int = Field(4, ge=0)
+    max_acronyms: int = Field(6, ge=0)
+    max_spec_refs: int = Field(6, ge=0)
+    max_entities: int = Field(6, ge=0)
+    qa_per_chunk: int = Field(2, ge=0, le=8)
+    repair_retries: int = Field(1, ge=0, le=3)
+    verify: bool = True
+    verify_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    verify_max_tokens: int = Field(64, ge=8)
+    closed_book_check: bool = True
+    min_words: int = Field(12, ge=0)
+    min_alpha_ratio: float = Field(0.45, ge=0.0, le=1.0)
+    progress_every_s: float = Field(10.0, gt=0)

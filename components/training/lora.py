@@ -129,11 +129,14 @@ def _cache_dataset_class():
 
 
 def dataset(path: Path, tokenizer, mask_prompt: bool):
-    from mlx_lm.tuner.datasets import ChatDataset
+    from types import SimpleNamespace
+
+    from mlx_lm.tuner.datasets import create_dataset
 
     with open(path, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    return _cache_dataset_class()(ChatDataset(rows, tokenizer, mask_prompt=mask_prompt))
+    # dataset.format picks mlx-lm's chat, completions or text rows; mlx-lm tells them apart.
+    return _cache_dataset_class()(create_dataset(rows, tokenizer, SimpleNamespace(mask_prompt=mask_prompt)))
 
 
 def loss(model, data, batch_size: int, max_seq_length: int, num_batches: int = -1) -> float:

@@ -1,17 +1,17 @@
-"""dataset: ``extractions.jsonl`` + ``chunks.jsonl`` -> ``dataset/{train,valid,test}.jsonl``.
+"""dataset: ``extractions.jsonl`` + ``chunks.jsonl`` -> ``dataset/``.
 
-Examples are the model's grounded Q&A and acronyms plus acronyms parsed by rule from
-Abbreviations sections, in mlx-lm's chat format.
-
-Split by document, so a document's facts never sit on both sides of the train/held-out line, and
-any example that also appears in train is dropped from the held-out splits.
+``dataset/{train,valid,test}.jsonl`` in ``dataset.format`` (mlx-lm's chat, completions or text),
+``dataset/exports/<format>/`` for each of ``dataset.exports``, ``dataset/README.md`` (the card)
+and ``dataset/sample.jsonl``; the card and the sample also go to MLflow. Any corpus with a usable
+example makes a dataset (see ``components.dataset`` for the split).
 """
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
-from components.dataset import examples_from, split_docs
-from components.files import build_dir, read_jsonl, write_jsonl
+from components import dataset as D
+from components.files import build_dir, read_jsonl, write_jsonl, write_text
 from runner.config import build
 from runner.stage import StageContext, StageError
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = ["extractions.jsonl", "chunks.jsonl"]
 OUTPUTS = ["dataset"]
-# The held-out splits must fill one training batch.
+# The held-out splits should fill one training batch.
 CONFIG = ["dataset", "lora.batch_size"]
 
 
@@ -27,51 +27,58 @@ def run(ctx: StageContext) -> dict[str, float]:
     cfg = build(ctx.cfg.dataset, "dataset")
     records = read_jsonl(ctx.path("extractions.jsonl"))
     chunks = {c["id"]: c for c in read_jsonl(ctx.path("chunks.jsonl"))}
-    per_doc: dict[str, list[dict]] = {}
-    for r in records:
-        per_doc.setdefault(r["doc_id"], []).extend(
-            examples_from(r, chunks.get(r["chunk_id"]), cfg.require_grounded, cfg.min_answer_chars))
-    per_doc = {d: ex for d, ex in per_doc.items() if ex}
-    if len(per_doc) < 3:
-        raise StageError(f"dataset: examples came from {len(per_doc)} document(s); a split by "
-                         "document needs at least 3 (add documents or set "
-                         "dataset.require_grounded=false)")
+    examples, dropped = D.examples(records, chunks, cfg)
+    if not examples:
+        raise StageError(
+            f"dataset: the {len(records)} extraction record(s) support no example (no glossary "
+            "entry, no verified Q&A, no clause with a title). Add documents with an Abbreviations "
+            "or Definitions clause, or run the extract stage with extraction.extractor=hybrid")
     min_split = int(ctx.cfg.lora.batch_size)
-    assign = split_docs({d: len(v) for d, v in per_doc.items()}, cfg.valid_fraction,
-                        cfg.test_fraction, cfg.seed, min_split)
-    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
-    for d in sorted(per_doc):
-        for e in per_doc[d]:
-            splits[assign[d]].append({**e, "doc_id": d})
+    splits, how = D.split(examples, cfg, min_split)
+    if how != "document":
+        log.warning("dataset: %d document(s), fewer than %d splits: split by %s within the "
+                    "documents (see dataset/README.md)", len({e["doc_id"] for e in examples}),
+                    len(D.SPLITS), how)
+    dropped += D.drop_duplicates(splits, cfg)
+    held_out = {s: len(splits[s]) for s in ("valid", "test")}
+    splits["train"] = D.mix(splits["train"], cfg.mixture, cfg.seed)
+    for s, n in {"train": len(splits["train"]), **held_out}.items():
+        if n < min_split:
+            log.warning("dataset: the %s split has %d example(s), fewer than lora.batch_size=%d; "
+                        "add documents or lower lora.batch_size", s, n, min_split)
 
-    def dedup(rows, exclude=frozenset()):
-        seen, out = set(exclude), []
-        for e in rows:
-            key = (e["question"].lower(), e["answer"].lower())
-            if key not in seen:
-                seen.add(key)
-                out.append(e)
-        return out
-
-    splits["train"] = dedup(splits["train"])
-    train_keys = frozenset((e["question"].lower(), e["answer"].lower()) for e in splits["train"])
-    for s in ("valid", "test"):
-        splits[s] = dedup(splits[s], train_keys)
-    for s, rows in splits.items():
-        if len(rows) < min_split:
-            raise StageError(f"dataset: the {s} split has {len(rows)} examples, fewer than the "
-                             f"batch size {min_split}; add documents or lower lora.batch_size")
-
-    sys_msg = cfg.system_prompt
+    models = sorted({(r.get("llm") or {}).get("model") for r in records} - {None})
+    extraction_drops: Counter = Counter()
+    skipped: Counter = Counter()
+    for r in records:
+        extraction_drops.update((r.get("llm") or {}).get("dropped") or {})
+        if r.get("skip"):
+            skipped[r["skip"]] += 1
     with build_dir(ctx.path("dataset")) as tmp:
         for s, rows in splits.items():
-            write_jsonl(tmp / f"{s}.jsonl", (
-                {"messages": [{"role": "system", "content": sys_msg},
-                              {"role": "user", "content": e["question"]},
-                              {"role": "assistant", "content": e["answer"]}],
-                 "meta": {"doc_id": e["doc_id"], "kind": e["kind"]}} for e in rows))
-    n = {s: len(r) for s, r in splits.items()}
-    return {"dataset/train": n["train"], "dataset/valid": n["valid"], "dataset/test": n["test"],
-            "dataset/qa": sum(e["kind"] == "qa" for r in splits.values() for e in r),
-            "dataset/acronym": sum(e["kind"] == "acronym" for r in splits.values() for e in r),
-            "dataset/documents": len(per_doc)}
+            write_jsonl(tmp / f"{s}.jsonl", (D.render(e, cfg.format, cfg.system_prompt) for e in rows))
+            for fmt in cfg.exports:
+                (tmp / "exports" / fmt).mkdir(parents=True, exist_ok=True)
+                write_jsonl(tmp / "exports" / fmt / f"{s}.jsonl",
+                            (D.render(e, fmt, cfg.system_prompt) for e in rows))
+        write_text(tmp / "README.md", D.card(splits, how, cfg, models, extraction_drops, dropped, skipped))
+        by_kind: dict[str, dict] = {}
+        for e in splits["train"]:
+            by_kind.setdefault(e["kind"], e)
+        sample = list(by_kind.values()) + [e for e in splits["train"] if e not in by_kind.values()]
+        write_jsonl(tmp / "sample.jsonl", (D.render(e, cfg.format, cfg.system_prompt)
+                                           for e in sample[: cfg.sample_size]))
+    ctx.tracker.log_artifact(ctx.path("dataset") / "README.md", "dataset")
+    ctx.tracker.log_artifact(ctx.path("dataset") / "sample.jsonl", "dataset")
+
+    every = [e for rows in splits.values() for e in rows]
+    kinds = Counter(e["kind"] for e in every)
+    sources = Counter("rule" if e["source"] == "rule" else "llm" for e in every)
+    metrics = {f"dataset/{s}": float(len(rows)) for s, rows in splits.items()}
+    metrics.update({f"dataset/{k}": float(kinds.get(k, 0)) for k in D.KINDS})
+    metrics.update({f"dataset/source_{k}": float(v) for k, v in sources.items()})
+    metrics.update({f"dataset/dropped_{k}": float(v) for k, v in dropped.items()})
+    metrics.update({"dataset/documents": float(len({e["doc_id"] for e in examples})),
+                    "dataset/split_by_document": float(how == "document"),
+                    "dataset/near_duplicates": float(dropped.get("near_duplicates", 0))})
+    return metrics

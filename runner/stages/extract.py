@@ -1,29 +1,37 @@
-"""extract: ``chunks.jsonl`` -> ``extractions.jsonl`` through a local LLM service.
+"""extract: ``chunks.jsonl`` (+ ``documents/``) -> ``extractions.jsonl`` and ``glossary.jsonl``.
 
-Every answered chunk is appended to ``extractions.partial.jsonl`` as soon as it is back, so an
-interrupted run resumes where it stopped; the final file is written atomically at the end.
-Invalid model output is recorded with its reason, never raised.
+``extraction.extractor``: ``rules`` (glossary, spec and clause references, releases; no LLM, the
+server is never started), ``llm`` (the model alone) or ``hybrid`` (both; the default). Chunks not
+worth a request (front matter, boilerplate, table-of-contents remnants, low quality) get rules
+only, counted.
+
+Every finished record is appended to ``extractions.partial.jsonl`` as soon as it is back. A rerun
+keeps final and successful records and redoes transient failures (service down, timeouts, 5xx):
+while any remain, ``extract/transient_failures`` > 0 keeps the stage from counting as done. On
+a stop request the loop stops within a few seconds, keeps what finished and raises Interrupted.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
-import threading
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from components.documents.glossary import glossary_rows
 from components.files import read_jsonl, write_jsonl
 from runner.config import build
-from runner.stage import StageContext, StageError
+from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
 INPUTS = ["chunks.jsonl"]
-OUTPUTS = ["extractions.jsonl"]
+# Converted documents give the glossary and metadata; without them rules see only the chunks.
+OPTIONAL_INPUTS = ["documents"]
+OUTPUTS = ["extractions.jsonl", "glossary.jsonl"]
 CONFIG = ["service", "extraction"]
 PARTIAL = "extractions.partial.jsonl"
 
@@ -44,12 +52,130 @@ def start_service(service: DictConfig, run_dir=None):
     return svc
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def _documents(ctx: StageContext, doc_ids: list[str]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Glossary rows and metadata per document; an unreadable file is named and skipped."""
+    rows: dict[str, list[dict]] = {}
+    metas: dict[str, dict] = {}
+    docs = ctx.path("documents")
+    if not docs.is_dir():
+        log.info("extract: no documents/ folder; the glossary and metadata come from nowhere "
+                 "(run the convert stage for them)")
+        return rows, metas
+    for d in doc_ids:
+        md, meta = docs / f"{d}.md", docs / "meta" / f"{d}.json"
+        try:
+            if md.is_file():
+                rows[d] = glossary_rows(md.read_text(encoding="utf-8"), d)
+            if meta.is_file():
+                metas[d] = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("extract: %s: cannot read (%s); this document gets no glossary", md, exc)
+    return rows, metas
+
+
+class Progress:
+    """A bar with chunks/s and ETA on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, total: int, every_s: float) -> None:
+        self.total, self.every_s, self.n = total, every_s, 0
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if total and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="chunk", desc="extract", file=sys.stderr)
+
+    def step(self) -> None:
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.n == self.total:
+            self.last = now
+            rate = self.n / max(now - self.t0, 1e-9)
+            eta = (self.total - self.n) / rate if rate else 0.0
+            log.info("extract: %d/%d chunks, %.2f chunks/s, ETA %.0fs", self.n, self.total, rate, eta)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _glossary_file(chunks: list[dict], rows: dict[str, list[dict]], records: list[dict]) -> list[dict]:
+    """One row per (document, acronym, expansion) or (document, term): the document glossary by
+    rule, then acronyms only the model found (grounded in their chunk), each with its chunk."""
+    from components.llm import grounding as G
+
+    by_doc: dict[str, list[dict]] = {}
+    for c in chunks:
+        by_doc.setdefault(c["doc_id"], []).append(c)
+    out, seen = [], set()
+    for d, doc_rows in rows.items():
+        for r in doc_rows:
+            name = r.get("acronym") or r["term"]
+            value = r.get("expansion") or r["definition"]
+            home = next((c["id"] for c in by_doc.get(d, []) if name in c["text"]
+                         and G.contains_quote(value, c["text"], 1)), None)
+            if home is None:
+                home = next((c["id"] for c in by_doc.get(d, []) if name in c["text"]), None)
+            key = (d, name, " ".join(G.tokens(value)))
+            if key not in seen:
+                seen.add(key)
+                out.append({**r, "chunk_id": home, "origin": "rule"})
+    for rec in records:
+        for a in (rec.get("result") or {}).get("acronyms", []):
+            key = (rec["doc_id"], a["acronym"], " ".join(G.tokens(a["expansion"])))
+            if a["origin"] != "rule" and key not in seen:
+                seen.add(key)
+                out.append({"doc_id": rec["doc_id"], "source": "llm", "clause": rec["clause"],
+                            "acronym": a["acronym"], "expansion": a["expansion"],
+                            "chunk_id": rec["chunk_id"], "origin": a["origin"]})
+    return out
+
+
+def _abort_requests(svc) -> int:
+    """Shut down this process's open connections to the service, so the server sees its clients
+    gone and cancels their generations. Without it, an abandoned request keeps llama.cpp (whose
+    destructor waits for it, holding the GIL) busy until the request's timeout."""
+    import socket
+    from urllib.parse import urlparse
+
+    import psutil
+
+    url = getattr(getattr(svc, "used", svc), "base_url", None)
+    port = urlparse(url).port if url else None
+    if not port:
+        return 0
+    n = 0
+    for conn in psutil.Process().net_connections(kind="tcp"):
+        if conn.raddr and conn.raddr.port == port and conn.fd >= 0:
+            try:
+                with socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)  # acts on the connection, wakes the reader
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _release(ctx: StageContext, svc, stopping: bool) -> None:
+    """Close the shared server; when stopping, cut the requests still running first."""
+    if stopping:
+        n = _abort_requests(svc)
+        log.info("extract: stopping: %d request(s) in flight abandoned", n)
+    ctx.resources.release("llm")
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     from components.llm import extraction as X
+    from components.llm.extractor import ChunkExtractor, chunk_sha, merge, quality
+    from components.llm.record_log import RecordLog, reusable, run_bounded
+    from components.llm.rules import Glossary
 
     ex = build(ctx.cfg.extraction, "extraction")
     chunks = read_jsonl(ctx.path("chunks.jsonl"))
@@ -57,108 +183,103 @@ def run(ctx: StageContext) -> dict[str, float]:
         chunks = chunks[: ex.max_chunks]
     if not chunks:
         raise StageError("extract: chunks.jsonl is empty; nothing to extract (see the process stage)")
-    schema = X.json_schema(ex.max_acronyms, ex.max_spec_refs)
-    # Answers are only reusable for the same request: same prompt, schema, budget and service.
-    request_key = _sha(json.dumps([X.SYSTEM_PROMPT, schema, ex.max_tokens, ex.temperature,
-                                   OmegaConf.to_container(ctx.cfg.service, resolve=False)],
-                                  sort_keys=True, default=str))
+    doc_ids = list(dict.fromkeys(c["doc_id"] for c in chunks))
+    rows, metas = _documents(ctx, doc_ids)
+    glossaries = {d: Glossary(r) for d, r in rows.items()}
+    extractor = ChunkExtractor(ex, glossaries, metas, cancel=ctx.cancel)
 
-    partial = ctx.path(PARTIAL)
-    done: dict[str, dict] = {}
-    if partial.is_file():
-        with open(partial, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a crash
-                    continue
-                if rec.get("request_key") == request_key and rec.get("status") != "error":
-                    done[rec["chunk_id"]] = rec
-    todo = [c for c in chunks if done.get(c["id"], {}).get("chunk_sha") != _sha(c["text"])]
+    # Records are only reusable for the same request: extractor, prompt, schema, checks, service.
+    asked = ex.model_dump(exclude={"concurrency", "max_chunks", "progress_every_s"})
+    request_key = _sha([asked, X.SYSTEM_PROMPT, X._EXAMPLE_OUT, extractor.schema,
+                        OmegaConf.to_container(ctx.cfg.service, resolve=False)
+                        if ex.extractor != "rules" else None])
+    final, partial = ctx.path("extractions.jsonl"), ctx.path(PARTIAL)
+    done = reusable([final, partial], request_key, {c["id"]: chunk_sha(c) for c in chunks})
+    by_id = {c["id"]: c for c in chunks}
+    for cid, rec in done.items():  # rules are cheap and the glossary may have changed: redo them
+        fresh = extractor.base(by_id[cid], request_key)
+        rec.update(rules=fresh["rules"], spec=fresh["spec"], clause=fresh["clause"],
+                   section_path=fresh["section_path"])
+        rec["result"] = merge(rec, ex.extractor)
+    todo = [c for c in chunks if c["id"] not in done]
     resumed = len(chunks) - len(todo)
     if resumed:
         log.info("extract: resuming, %d of %d chunks already extracted", resumed, len(chunks))
 
     t0 = time.perf_counter()
+    asks = [c for c in todo if extractor.needs_llm(extractor.base(c, request_key))]
     svc = None
-    if todo:
+    if asks:
         svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service, ctx.run_dir))
+        extractor.service = svc
         info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
                 "service.fallback": str(svc.fallback is not None).lower()}
         if svc.fallback_reason:
             info["service.fallback_reason"] = svc.fallback_reason[:500]
         ctx.tracker.set_tags(info)
-    lock = threading.Lock()
 
-    def one(chunk: dict) -> dict:
-        rec = {"chunk_id": chunk["id"], "doc_id": chunk["doc_id"], "chunk_sha": _sha(chunk["text"]),
-               "request_key": request_key}
-        try:
-            reply = svc.chat_json(X.messages_for(chunk), schema, ex.max_tokens, ex.temperature)
-        except Exception as exc:  # after retries/fallback: record and go on
-            rec.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500],
-                       service=svc.name)
-            return rec
-        data, err, repaired = X.parse(reply.content)
-        rec.update(service=svc.name, model=getattr(svc.used, "model", None),
-                   prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                   seconds=round(reply.seconds, 3), finish_reason=reply.finish_reason,
-                   repaired=repaired)
-        if data is None:
-            rec.update(status="invalid", error=err, raw=reply.content[:2000])
-        else:
-            rec.update(status="ok", extraction=data, grounding=X.grounding(data, chunk["text"]))
-        return rec
+    progress = Progress(len(todo), ex.progress_every_s)
 
-    with open(partial, "a", encoding="utf-8") as out, \
-            ThreadPoolExecutor(max_workers=ex.concurrency) as pool:
-        futures = [pool.submit(one, c) for c in todo]
-        for i, fut in enumerate(as_completed(futures), 1):
-            rec = fut.result()
-            done[rec["chunk_id"]] = rec
-            with lock:
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                out.flush()
-            if rec["status"] != "ok":
-                log.warning("extract: chunk %s: %s: %s", rec["chunk_id"], rec["status"], rec.get("error"))
-            if i % 10 == 0 or i == len(todo):
-                log.info("extract: %d/%d chunks", i, len(todo))
+    def finished(chunk: dict, rec: dict) -> None:
+        done[chunk["id"]] = rec
+        record_log.append(rec)
+        progress.step()
+        if rec["status"] != "ok":
+            log.warning("extract: chunk %s: %s (%s failure): %s", rec["chunk_id"], rec["status"],
+                        rec["failure"], rec.get("error"))
+
+    complete = False
+    try:
+        with RecordLog(partial) as record_log:
+            asked = {c["id"] for c in asks}
+            for c in todo:  # rules only: cheap, no thread needed
+                if ctx.cancel.is_set():
+                    break
+                if c["id"] not in asked:
+                    finished(c, extractor(c, request_key))
+            else:
+                complete = run_bounded(asks, lambda c: extractor(c, request_key), ex.concurrency,
+                                       ctx.cancel, finished, grace_s=1.0)
+    finally:
+        progress.close()
+        # Free the server's threads and memory (before training, or on the way out).
+        if svc is not None:
+            _release(ctx, svc, stopping=not complete)
     seconds = time.perf_counter() - t0
-    # Free the server's threads and memory before training starts.
-    ctx.resources.release("llm")
+    if not complete:
+        kept = sum(1 for r in done.values() if r.get("failure") != "transient")
+        raise Interrupted(f"extract: stopped on request after {seconds:.1f}s; {kept} of "
+                          f"{len(chunks)} chunks are finished and kept in {partial.name}; run "
+                          "again in the same directory to resume")
 
-    records = [done[c["id"]] for c in chunks if c["id"] in done]
-    errors = [r for r in records if r["status"] == "error"]
-    if errors and len(errors) == len(records):
-        raise StageError(f"extract: every request failed; first error: {errors[0]['error']} "
-                         f"(answers so far are kept in {partial.name})")
-    write_jsonl(ctx.path("extractions.jsonl"), records)
-    if not errors:
-        os.unlink(partial)  # complete: the partial log has served its purpose
+    records = [done[c["id"]] for c in chunks]
+    transient = [r for r in records if r.get("failure") == "transient"]
+    if transient and len(transient) == sum(1 for r in records if r.get("llm") is not None or
+                                           r.get("failure") == "transient"):
+        raise StageError(f"extract: every request failed; first error: {transient[0]['error']} "
+                         f"(answers so far are kept in {partial.name}; run again to retry)")
+    write_jsonl(final, records)
+    write_jsonl(ctx.path("glossary.jsonl"), _glossary_file(chunks, rows, records))
+    if transient:
+        log.warning("extract: %d chunk(s) failed for a transient reason; the stage is not done: "
+                    "run again in the same directory to retry exactly those", len(transient))
+    else:
+        partial.unlink(missing_ok=True)  # complete: the partial log has served its purpose
 
-    ok = [r for r in records if r["status"] == "ok"]
-    n = len(records)
-    acr = sum(len(r["extraction"]["acronyms"]) for r in ok)
-    acr_g = sum(len(r["grounding"]["acronyms"]) for r in ok)
-    refs = sum(len(r["extraction"]["spec_refs"]) for r in ok)
-    refs_g = sum(len(r["grounding"]["spec_refs"]) for r in ok)
-    todo_ids = {c["id"] for c in todo}
-    new = [r for r in records if r["chunk_id"] in todo_ids and "completion_tokens" in r]
-    tokens = sum(r["completion_tokens"] for r in new)
-    return {
-        "extract/chunks": n,
-        "extract/json_valid_rate": round(len(ok) / n, 4) if n else 0.0,
-        "extract/repaired": sum(1 for r in records if r.get("repaired")),
-        "extract/invalid": sum(1 for r in records if r["status"] == "invalid"),
-        "extract/errors": len(errors),
-        "extract/truncated": sum(1 for r in records if r.get("finish_reason") == "length"),
-        "extract/acronym_grounded_rate": round(acr_g / acr, 4) if acr else 0.0,
-        "extract/spec_ref_grounded_rate": round(refs_g / refs, 4) if refs else 0.0,
-        "extract/qa_grounded_rate": round(sum(r["grounding"]["qa_grounded"] for r in ok) / len(ok), 4) if ok else 0.0,
-        "extract/resumed_chunks": resumed,
+    metrics = quality(records, glossaries, {c["id"]: c["text"] for c in chunks})
+    new = [done[c["id"]] for c in todo]
+    tokens = sum(((r.get("llm") or {}).get("usage") or {}).get("completion_tokens", 0) for r in new)
+    metrics.update({
+        "extract/resumed_chunks": float(resumed),
+        "extract/glossary_rows": float(sum(len(r) for r in rows.values())),
         "extract/fallback_used": float(bool(svc and svc.fallback is not None)),
         "extract/retried_requests": float(svc.requests_retried if svc else 0),
         "extract/seconds": round(seconds, 3),
+        "extract/chunks_per_min": round(60 * len(todo) / seconds, 2) if seconds > 0 and todo else 0.0,
         "extract/completion_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 and tokens else 0.0,
+        # Kept for dashboards that predate the split into final/transient failures.
+        "extract/errors": float(len(transient)),
+        "extract/invalid": float(sum(r["status"] == "invalid" for r in records)),
         **(svc.metrics() if svc else {}),
-    }
+    })
+    return metrics
