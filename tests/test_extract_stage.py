@@ -84,6 +84,12 @@ class Script:
         return Reply(json.dumps({"entities": [], "acronyms": [], "spec_refs": [], "summary": "",
                                  "qa": []}), completion_tokens=5)
 
+    def metrics(self) -> dict[str, float]:
+        return {"service/script/requests": float(self.calls)}
+
+    def tags(self) -> dict[str, str]:
+        return {}
+
     def close(self):
         pass
 
