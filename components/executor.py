@@ -5,7 +5,8 @@ One interface, ``map_unordered(fn, items)``: ``(index, result)`` pairs as tasks 
 that gives no result (it raised, or its worker died) yields a ``Failed`` in its place, never an
 exception for the batch. At most ``max_in_flight`` tasks are submitted at a time, so a caller
 with one driver bounds its load cluster-wide (an LLM server's concurrency); when ``cancel`` is
-set, nothing more is submitted and the queued and running tasks are dropped, not waited for.
+set, nothing more is submitted and the batch returns at once: queued tasks are dropped, running
+ones are not waited for.
 Iterate the batch to the end or close it (``with``), which also stops the pool.
 """
 from __future__ import annotations
@@ -142,7 +143,9 @@ class LocalExecutor(Executor):
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
         else:
             pool = ThreadPoolExecutor(workers)
-        window = max(1, max_in_flight or len(items))
+        # Two per worker keep every worker busy while the driver handles a result; more would
+        # only queue.
+        window = max(1, max_in_flight or 2 * workers)
         todo = iter(enumerate(items))
         futures: dict[Future, int] = {}
 
@@ -190,6 +193,8 @@ class LocalExecutor(Executor):
                 except Exception as exc:
                     res = Failed(_describe(exc))
                 yield i, res
+                if cancel is not None and cancel.is_set():
+                    return
             submit()
 
 
@@ -312,11 +317,10 @@ class RayExecutor(Executor):
                 refs[task.remote(fn_ref, nxt[1])] = nxt[0]
 
         def stop() -> None:
-            for ref in list(refs):
-                try:
-                    ray.cancel(ref)
-                except Exception:  # already finished or gone: nothing to drop
-                    pass
+            # Nothing is queued beyond the window, and what runs is left to finish unread (the
+            # job's workers go when the driver disconnects): ray.cancel racing a task's own
+            # completion kills the driver in Ray 2.60 ("Tried to complete task that was not
+            # pending"), which would lose the run's report.
             refs.clear()
 
         try:
@@ -345,6 +349,8 @@ class RayExecutor(Executor):
                 except ray.exceptions.RayError as exc:
                     res = Failed(_describe(exc), lost_worker=True)
                 yield i, res
+                if cancel is not None and cancel.is_set():
+                    return
             submit()
 
     def close(self) -> None:
