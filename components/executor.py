@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -213,6 +214,8 @@ class RayOptions(Settings):
     shared_fs: bool = False
     # Retries of a task whose worker died (a lost node); 0: report it as a transient failure.
     max_retries: int = Field(1, ge=0)
+    # An address where nothing answers fails after this long (Ray itself retries for minutes).
+    connect_timeout_s: float = Field(10, gt=0)
     runtime_env: dict[str, Any] | None = None  # the job's (env_vars, pip, ...), at connection
 
 
@@ -273,6 +276,7 @@ class RayExecutor(Executor):
             if self.opts.ship_code:
                 env["py_modules"] = [*env.get("py_modules", []), str(Path(__file__).resolve().parent)]
                 env["excludes"] = [*env.get("excludes", []), "__pycache__", "*.pyc"]
+            self._check_reachable(where)
             kwargs: dict = {"address": self.opts.address, "namespace": self.opts.namespace,
                             "runtime_env": env or None,
                             "log_to_driver": False, "logging_level": logging.WARNING}
@@ -292,6 +296,21 @@ class RayExecutor(Executor):
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         log.info("executor: Ray at %s, %d CPUs", scrub(where), self._cpus)
         return ray
+
+    def _check_reachable(self, where: str) -> None:
+        """``host:port`` or ``ray://host:port``: something must answer there (``auto`` fails
+        fast by itself when no cluster runs here)."""
+        rest = (self.opts.address or "auto").split("://", 1)[-1]
+        host, sep, port = rest.rpartition(":")
+        if not sep or not port.isdigit():
+            return
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=self.opts.connect_timeout_s):
+                pass
+        except OSError as exc:
+            raise ExecutorError(f"executor.address={scrub(where)}: cannot connect to Ray: nothing "
+                                f"answers there ({exc.strerror or type(exc).__name__}); is the "
+                                f"cluster up (`ray status`)?") from None
 
     def parallelism(self, local: LocalPool) -> int:
         return self._cpus  # 0 until a batch connected: nothing ran on the cluster

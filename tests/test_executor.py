@@ -141,6 +141,18 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
         RayExecutor().map_unordered(_square, [1])
 
 
+@needs_ray
+def test_an_address_where_nothing_answers_fails_fast_naming_the_key():
+    from tests.fixtures.ray_head import _free_port
+
+    address = f"127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(ExecutorError, match=rf"executor\.address={address}: cannot connect to Ray: "
+                                            r"nothing answers there"):
+        RayExecutor(address=address, connect_timeout_s=2).map_unordered(_square, [1])
+    assert time.perf_counter() - t0 < 5  # Ray alone retries for minutes
+
+
 def test_the_convert_stage_reads_the_executor_group():
     from runner.stages import convert
 
@@ -329,7 +341,6 @@ def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothi
     assert metrics["convert/docs"] == total  # and nothing is lost
 
 
-@pytest.mark.slow
 @needs_ray
 def test_no_cluster_at_the_address_is_a_stage_error_naming_the_key(tmp_path):
     from tests.fixtures.ray_head import _free_port
