@@ -78,8 +78,8 @@ def one_run(work: Path, name: str, corpus: Path, overrides: list[str]) -> tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--copies", type=int, default=2, help="variants of each sample document")
-    ap.add_argument("--scale", type=int, default=6, help="times each clause is repeated")
+    ap.add_argument("--copies", type=int, default=3, help="variants of each sample document")
+    ap.add_argument("--scale", type=int, default=12, help="times each clause is repeated")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray node")
     ap.add_argument("--workers", type=int, default=2, help="docling.workers of the local runs")
@@ -117,13 +117,13 @@ def main() -> None:
                 rows["ray"].append((wall, m["convert/seconds"], m["process/wall_seconds"]))
                 outputs.append(out)
         identical = all(o == outputs[0] for o in outputs[1:])
-        print(f"{'executor':<10}{'run s (best)':>14}{'convert s':>12}{'process s':>12}{'runs':>22}")
+        print(f"{'executor':<10}{'run':>5}{'wall s':>10}{'convert s':>12}{'process s':>12}")
         best = {}
         for name, rs in rows.items():
-            b = min(rs)
-            best[name] = b
-            print(f"{name:<10}{b[0]:>14.2f}{b[1]:>12.2f}{b[2]:>12.2f}"
-                  f"{' '.join(f'{x[0]:.1f}' for x in rs):>22}")
+            best[name] = min(rs)
+            for r, x in enumerate(rs):
+                mark = "  best" if x == best[name] else ""
+                print(f"{name:<10}{r:>5}{x[0]:>10.2f}{x[1]:>12.2f}{x[2]:>12.2f}{mark}")
         print(f"Ray head start (not in the runs): {head_s:.1f}s; outputs identical: {identical}")
         result = {
             "benchmark": "executor", "files": len(files), "docs": docs, "corpus_mb": round(mb, 2),

@@ -57,6 +57,14 @@ class LocalPool:
     start_method: str = "auto"  # process pools: fork | spawn | forkserver | auto
 
 
+def start_method(method: str) -> str:
+    """``auto``: fork starts a worker in milliseconds where spawn re-imports the libraries
+    (seconds each); macOS frameworks are not fork-safe, so there it is spawn."""
+    if method != "auto":
+        return method
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def _describe(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {exc}")
 
@@ -136,11 +144,7 @@ class LocalExecutor(Executor):
         if workers == 1:
             return Batch(self._inline(fn, items, cancel), lambda: None)
         if local.kind == "process":
-            method = local.start_method
-            if method == "auto":
-                # fork starts a worker in milliseconds where spawn re-imports the libraries
-                # (seconds each); macOS frameworks are not fork-safe, so there it is spawn.
-                method = "fork" if sys.platform.startswith("linux") else "spawn"
+            method = start_method(local.start_method)
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
         else:
             pool = ThreadPoolExecutor(workers)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Iterator
 
 from components.documents.convert.engine import DocResult, DoclingEngine
 from components.documents.convert.options import DoclingOptions
-from components.executor import Executor, Failed, LocalExecutor, LocalPool
+from components.executor import Executor, Failed, LocalExecutor, LocalPool, start_method
 
 # Per worker thread (a DocumentConverter is not shared-safe) and so per process: one engine per
 # options, built by the first document and reused by the rest — a Ray worker lives on between
@@ -58,21 +57,13 @@ class ConvertTask:
         return res
 
 
-def start_method(opts: DoclingOptions) -> str:
-    if opts.start_method != "auto":
-        return opts.start_method
-    # fork starts a worker in milliseconds where spawn re-imports Docling (seconds each); macOS
-    # frameworks are not fork-safe, so there it is spawn. The pool forks on its first submit,
-    # before the progress bar's thread starts, so no thread of ours is running mid-lock.
-    return "fork" if sys.platform.startswith("linux") else "spawn"
-
-
 def workers_for(opts: DoclingOptions, n_docs: int) -> int:
     return max(1, min(int(opts.workers or 1), n_docs, os.cpu_count() or 1))
 
 
 def local_pool(opts: DoclingOptions, n_docs: int) -> LocalPool:
-    return LocalPool(workers=workers_for(opts, n_docs), kind=opts.parallel, start_method=start_method(opts))
+    return LocalPool(workers=workers_for(opts, n_docs), kind=opts.parallel,
+                     start_method=start_method(opts.start_method))
 
 
 def convert_many(engine: DoclingEngine, pending: list[DocResult], progress: bool,
@@ -106,7 +97,8 @@ def convert_many(engine: DoclingEngine, pending: list[DocResult], progress: bool
     items = _Items(pending, ship=executor.remote)
     bar = Progress(TextColumn("convert"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[name]}"), disable=not progress, transient=True)
-    # Submitted (and so forked) before the progress bar starts its refresh thread.
+    # Submitted (and so forked) before the progress bar starts its refresh thread, so no
+    # thread of ours is running mid-lock in a child.
     with executor.map_unordered(fn, items, cancel=cancel, local=pool) as results, bar:
         task = bar.add_task("convert", total=len(pending), name="")
         for i, res in results:
