@@ -88,6 +88,7 @@ def stage(corpus: Path, run_dir: Path, cache: Path, workers: int, parallel: str)
         "cache_dir": str(cache), "hw": {"convert_workers": workers},
         "corpus": OmegaConf.load(ROOT / "conf" / "corpus" / "sample.yaml"),
         "docling": OmegaConf.load(ROOT / "conf" / "docling" / "default.yaml"),
+        "executor": OmegaConf.load(ROOT / "conf" / "executor" / "local.yaml"),
     })
     cfg.corpus.path = str(corpus)
     cfg.docling.workers = workers

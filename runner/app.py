@@ -31,8 +31,8 @@ log = logging.getLogger("runner")
 REPO = Path(__file__).resolve().parent.parent
 # Every group that configures a component; each is built once up front so a wrong value fails
 # before any work.
-GROUPS = ["corpus", "acquire", "docling", "process", "service", "extraction", "dataset", "model",
-          "lora", "finetune", "evaluate"]
+GROUPS = ["corpus", "acquire", "docling", "executor", "process", "service", "extraction", "dataset",
+          "model", "lora", "finetune", "evaluate"]
 HANDLED = (StageError, ServiceUnavailable, ModelUnavailable)
 
 

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_cfg(cache: Path, corpus: Path, **docling):
     cfg = OmegaConf.create({"cache_dir": str(cache), "hw": {"convert_workers": 2},
                             "corpus": OmegaConf.load(ROOT / "conf/corpus/sample.yaml"),
-                            "docling": OmegaConf.load(ROOT / "conf/docling/default.yaml")})
+                            "docling": OmegaConf.load(ROOT / "conf/docling/default.yaml"),
+                            "executor": OmegaConf.load(ROOT / "conf/executor/local.yaml")})
     cfg.corpus.path = str(corpus)
     for k, v in docling.items():
         cfg.docling[k] = v

@@ -7,7 +7,8 @@
 - ``documents/exports/<doc_id>.json|.html``: Docling JSON / HTML when ``docling.exports`` asks.
 
 Only ``documents/*.md`` are documents to later stages. Nothing written depends on timing, the
-worker count or the cache, so the same corpus always gives the same bytes.
+worker count, the executor (local or Ray) or the cache, so the same corpus always gives the
+same bytes.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 INPUTS: list[str] = []
 OPTIONAL_INPUTS = ["acquired.json"]
 OUTPUTS = ["documents"]
-CONFIG = ["corpus", "docling", "cache_dir"]
+CONFIG = ["corpus", "docling", "executor", "cache_dir"]
 
 
 def corpus_root(ctx: StageContext) -> Path:
@@ -91,8 +92,11 @@ def _write_document(tmp: Path, doc_id: str, res, exports: list[str]) -> dict:
 def run(ctx: StageContext) -> dict[str, float]:
     from components.documents.convert import ConvertConfigError
     from components.documents.corpus import collect, doc_ids
+    from components.executor import ExecutorError
 
     converter = build(ctx.cfg.docling, "docling")
+    # Shared: a later stage (extract) reuses the cluster connection; closed when the run ends.
+    executor = ctx.resources.shared("executor", lambda: build(ctx.cfg.executor, "executor"))
     exts = set(build(ctx.cfg.corpus, "corpus").extensions)
     sources, problems = [], []
     roots = _inputs(ctx)
@@ -114,8 +118,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     try:
         results = converter.convert_all(((s.name, s.path) for s in sources),
                                         cache_dir=ctx.cfg.cache_dir, progress=sys.stderr.isatty(),
-                                        cancel=ctx.cancel)
-    except ConvertConfigError as exc:
+                                        cancel=ctx.cancel, executor=executor)
+    except (ConvertConfigError, ExecutorError) as exc:
         raise StageError(f"convert: {exc}") from None
     if ctx.cancel.is_set():
         # Every document finished so far is in the conversion cache: the rerun takes it there.
@@ -152,5 +156,5 @@ def run(ctx: StageContext) -> dict[str, float]:
             "convert/pdf_fallback_docs": fallback, "convert/cache_hits": hits,
             "convert/tables": tables, "convert/chars": chars,
             "convert/transient_failures": transient,
-            "convert/workers": converter.workers_for(len(sources)),
+            "convert/workers": converter.workers_for(len(sources), executor),
             "convert/seconds": round(seconds, 3)}

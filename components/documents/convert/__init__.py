@@ -6,9 +6,11 @@ through the standard (layout-model) pipeline when its models and runtime are ins
 through the native text-only pipeline otherwise, with a warning — the user should know their
 tables and headings came out flatter.
 
-Documents convert in worker processes, each holding its own ``DocumentConverter``; results come
-back in input order whatever the number of workers. A conversion is cached by content hash and
-options, so an unchanged document never reaches Docling twice.
+Documents convert through an executor (``components.executor``): worker processes or threads on
+this machine, or Ray tasks on a cluster, each worker holding its own ``DocumentConverter``;
+results come back in input order whatever runs them. A conversion is cached by content hash and
+options — looked up and stored here, in the driver, whatever the executor — so an unchanged
+document never reaches Docling twice.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from components.documents.convert.cache import ConvertCache
 from components.documents.convert.engine import (ConvertConfigError, DocResult, DoclingEngine,
                                                  layout_models_available)
 from components.documents.convert.options import DoclingOptions
-from components.documents.convert.pool import convert_many, workers_for
+from components.documents.convert.pool import convert_many, local_pool
 from components.documents.convert.sniff import precheck
 from components.documents.convert.tables import table_markdowns
 from components.documents.metadata import describe
+from components.executor import Executor
 
 __all__ = ["ConvertConfigError", "DocResult", "DoclingConverter", "DoclingOptions",
            "layout_models_available", "table_markdowns"]
@@ -45,14 +48,18 @@ class DoclingConverter:
     def exports(self) -> list[str]:
         return self.opts.exports
 
-    def workers_for(self, n_docs: int) -> int:
-        return workers_for(self.opts, n_docs)
+    def workers_for(self, n_docs: int, executor: Executor | None = None) -> int:
+        """How many documents convert at once: the local workers, or the cluster's CPUs."""
+        pool = local_pool(self.opts, n_docs)
+        return executor.parallelism(pool) if executor is not None else pool.workers
 
     def convert_all(self, items: Iterable[tuple[str, Path]], cache_dir: str | os.PathLike | None = None,
-                    progress: bool = False, cancel: threading.Event | None = None) -> list[DocResult]:
+                    progress: bool = False, cancel: threading.Event | None = None,
+                    executor: Executor | None = None) -> list[DocResult]:
         """Convert (display name, path) pairs; one DocResult each, in input order. With
         ``cancel`` set midway, the documents not converted yet come back ``pending``; every
-        finished one is already in the cache."""
+        finished one is already in the cache. ``executor``: where they convert (default: a
+        local pool per ``workers`` and ``parallel``)."""
         items = [(s, Path(p)) for s, p in items]
         results: list[DocResult] = []
         cache = ConvertCache(Path(cache_dir) / "docling") if cache_dir and self.opts.cache else None
@@ -78,7 +85,8 @@ class DoclingConverter:
             else:
                 pending.append(len(results))
                 results.append(DocResult(source, path, "pending", sha256=sha))
-        for k, res in convert_many(self.engine, [results[i] for i in pending], progress, cancel):
+        for k, res in convert_many(self.engine, [results[i] for i in pending], progress, cancel,
+                                 executor):
             i = pending[k]
             res.path = items[i][1]  # a worker's Path is an equal copy; keep the caller's
             results[i] = res

@@ -1,0 +1,382 @@
+"""Where a batch of independent tasks runs: on this machine (a process or thread pool, the
+``executor=local`` default) or over an existing Ray cluster (``executor=ray``).
+
+One interface, ``map_unordered(fn, items)``: ``(index, result)`` pairs as tasks finish. A task
+that gives no result (it raised, or its worker died) yields a ``Failed`` in its place, never an
+exception for the batch. At most ``max_in_flight`` tasks are submitted at a time, so a caller
+with one driver bounds its load cluster-wide (an LLM server's concurrency); when ``cancel`` is
+set, nothing more is submitted and the batch returns at once: queued tasks are dropped, running
+ones are not waited for.
+Iterate the batch to the end or close it (``with``), which also stops the pool.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sized
+
+from pydantic import Field
+
+from components.secrets import scrub
+from components.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often a waiting driver looks at ``cancel``
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot run anything (Ray missing, the cluster unreachable); the message says
+    which key to change or what to start."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A task without a result: its function raised, or (``lost_worker``) the process running it
+    died — out of memory, a crash in C code, a lost node — which the next run may not repeat."""
+
+    error: str
+    lost_worker: bool = False
+
+
+@dataclass(frozen=True)
+class LocalPool:
+    """How a batch runs on one machine; a cluster decides this itself."""
+
+    workers: int = 1
+    kind: Literal["process", "thread"] = "thread"
+    start_method: str = "auto"  # process pools: fork | spawn | forkserver | auto
+
+
+def start_method(method: str) -> str:
+    """``auto``: fork starts a worker in milliseconds where spawn re-imports the libraries
+    (seconds each); macOS frameworks are not fork-safe, so there it is spawn."""
+    if method != "auto":
+        return method
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _describe(exc: BaseException) -> str:
+    return scrub(f"{type(exc).__name__}: {exc}")
+
+
+class Batch:
+    """The results of one ``map_unordered`` call: an iterator that is also a context manager;
+    closing it early drops the tasks not finished."""
+
+    def __init__(self, results: Iterator[tuple[int, Any]], stop: Callable[[], None]) -> None:
+        self._results, self._stop = results, stop
+
+    def __iter__(self) -> Batch:
+        return self
+
+    def __next__(self) -> tuple[int, Any]:
+        return next(self._results)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._results, "close", None)
+            if close:
+                close()
+        finally:
+            self._stop()
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Executor:
+    """The interface both executors give."""
+
+    name = "?"
+    # Tasks run where the driver's files may not be: send a file's bytes, not its path.
+    remote = False
+
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sized, *,
+                      cancel: threading.Event | None = None, max_in_flight: int | None = None,
+                      local: LocalPool = LocalPool(), task_cpus: float = 1.0) -> Batch:
+        """Run ``fn(item)`` for each item; ``(index, result or Failed)`` as each finishes.
+        ``items`` is iterated as tasks are submitted (a lazy sized iterable keeps only the
+        tasks in flight in memory).
+        ``local`` says how to run on this machine; ``task_cpus`` what a task reserves on a
+        cluster (0 for work that waits on a server, such as an LLM request). The first tasks
+        are submitted before this returns (a fork pool forks here, before the caller starts any
+        thread)."""
+        raise NotImplementedError
+
+    def parallelism(self, local: LocalPool) -> int:
+        """How many tasks run at once: the local pool's workers, or the cluster's CPUs."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the pool or the cluster connection (a cluster itself is never stopped)."""
+
+
+class LocalOptions(Settings):
+    """The ``executor=local`` group (less ``_target_``): the pool is set per use (for convert,
+    ``docling.workers`` and ``docling.parallel``)."""
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, **options) -> None:
+        self.opts = LocalOptions(**options)
+
+    def parallelism(self, local: LocalPool) -> int:
+        return max(1, local.workers)
+
+    def map_unordered(self, fn, items, *, cancel=None, max_in_flight=None, local=LocalPool(),
+                      task_cpus=1.0) -> Batch:
+        workers = max(1, min(local.workers, len(items)))
+        if workers == 1:
+            return Batch(self._inline(fn, items, cancel), lambda: None)
+        if local.kind == "process":
+            method = start_method(local.start_method)
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        else:
+            pool = ThreadPoolExecutor(workers)
+        # Two per worker keep every worker busy while the driver handles a result; more would
+        # only queue.
+        window = max(1, max_in_flight or 2 * workers)
+        todo = iter(enumerate(items))
+        futures: dict[Future, int] = {}
+
+        def submit() -> None:
+            while len(futures) < window and not (cancel is not None and cancel.is_set()):
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                futures[pool.submit(fn, nxt[1])] = nxt[0]
+
+        def stop() -> None:
+            # Queued tasks are dropped, not waited for; a running one finishes on its own.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+        try:
+            submit()  # Python 3.11's fork pool starts all its workers on the first submit
+        except BaseException:
+            stop()
+            raise
+        return Batch(self._drain(futures, submit, cancel), stop)
+
+    @staticmethod
+    def _inline(fn, items, cancel) -> Iterator[tuple[int, Any]]:
+        for i, item in enumerate(items):
+            if cancel is not None and cancel.is_set():
+                return
+            try:
+                res = fn(item)
+            except Exception as exc:
+                res = Failed(_describe(exc))
+            yield i, res
+
+    @staticmethod
+    def _drain(futures: dict[Future, int], submit, cancel) -> Iterator[tuple[int, Any]]:
+        while futures:
+            done, _ = wait(list(futures), timeout=POLL_S, return_when=FIRST_COMPLETED)
+            if cancel is not None and cancel.is_set():
+                return
+            for fut in done:
+                i = futures.pop(fut)
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as exc:  # a worker died: every task it held is lost
+                    res = Failed(_describe(exc), lost_worker=True)
+                except Exception as exc:
+                    res = Failed(_describe(exc))
+                yield i, res
+                if cancel is not None and cancel.is_set():
+                    return
+            submit()
+
+
+class RayOptions(Settings):
+    """The ``executor=ray`` group (less ``_target_``)."""
+
+    # "auto": the cluster started on this machine with `ray start --head`; "ray://host:10001":
+    # Ray Client; "host:6379": a cluster's GCS from one of its nodes; null: start a private
+    # Ray for this run (for trying it, not a cluster).
+    address: str | None = "auto"
+    namespace: str | None = None
+    # Ship this project's components/ to the workers so they run the driver's code (outputs stay
+    # byte-identical); false when the cluster's nodes have the project installed.
+    ship_code: bool = True
+    # The nodes see the driver's files under the same paths (NFS): send paths, not bytes.
+    shared_fs: bool = False
+    # Retries of a task whose worker died (a lost node); 0: report it as a transient failure.
+    max_retries: int = Field(1, ge=0)
+    # An address where nothing answers fails after this long (Ray itself retries for minutes).
+    connect_timeout_s: float = Field(10, gt=0)
+    runtime_env: dict[str, Any] | None = None  # the job's (env_vars, pip, ...), at connection
+
+
+@contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """``ray.init`` makes SIGTERM exit the process; the run's own handler (stop, keep finished
+    work, report) stays in charge."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            if h is not None:
+                signal.signal(s, h)
+
+
+def _apply(fn, item):
+    return fn(item)
+
+
+def _lost_worker_errors(ray) -> tuple[type[BaseException], ...]:
+    ex = ray.exceptions
+    names = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError",
+             "LocalRayletDiedError", "RaySystemError", "TaskUnschedulableError",
+             "ObjectStoreFullError", "ReferenceCountingAssertionError")
+    return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+
+
+class RayExecutor(Executor):
+    """Tasks as Ray tasks on an existing cluster, submitted by this process (the driver)."""
+
+    name = "ray"
+
+    def __init__(self, **options) -> None:
+        self.opts = RayOptions(**options)
+        self.remote = not self.opts.shared_fs
+        self._ray = None
+        self._owns = False  # we called ray.init, so we disconnect
+        self._cpus = 0
+
+    def _connect(self):
+        if self._ray is not None:
+            return self._ray
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError("executor=ray needs Ray, an optional extra: pip install '.[ray]' "
+                                "(or executor=local)") from None
+        where = self.opts.address or "a new local Ray"
+        if ray.is_initialized():  # the caller's own connection (a notebook): its runtime_env
+            log.info("executor: using this process's Ray connection as it is")
+        else:
+            # Ray uploads local code (py_modules) only for a whole job, at connection.
+            env = dict(self.opts.runtime_env or {})
+            if self.opts.ship_code:
+                env["py_modules"] = [*env.get("py_modules", []), str(Path(__file__).resolve().parent)]
+                env["excludes"] = [*env.get("excludes", []), "__pycache__", "*.pyc"]
+            self._check_reachable(where)
+            kwargs: dict = {"address": self.opts.address, "namespace": self.opts.namespace,
+                            "runtime_env": env or None,
+                            "log_to_driver": False, "logging_level": logging.WARNING}
+            if self.opts.address is None:
+                kwargs["include_dashboard"] = False
+            try:
+                with _signal_handlers_kept():
+                    ray.init(**{k: v for k, v in kwargs.items() if v is not None or k == "address"})
+            except Exception as exc:
+                why = _describe(exc) + (f" ({_describe(exc.__cause__)})" if exc.__cause__ else "")
+                hint = (" — start one with `ray start --head`, or set executor.address"
+                        if self.opts.address == "auto" else "")
+                raise ExecutorError(f"executor.address={scrub(where)}: cannot connect to Ray: "
+                                    f"{why}{hint}") from None
+            self._owns = True
+        self._ray = ray
+        self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        log.info("executor: Ray at %s, %d CPUs", scrub(where), self._cpus)
+        return ray
+
+    def _check_reachable(self, where: str) -> None:
+        """``host:port`` or ``ray://host:port``: something must answer there (``auto`` fails
+        fast by itself when no cluster runs here)."""
+        rest = (self.opts.address or "auto").split("://", 1)[-1]
+        host, sep, port = rest.rpartition(":")
+        if not sep or not port.isdigit():
+            return
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=self.opts.connect_timeout_s):
+                pass
+        except OSError as exc:
+            raise ExecutorError(f"executor.address={scrub(where)}: cannot connect to Ray: nothing "
+                                f"answers there ({exc.strerror or type(exc).__name__}); is the "
+                                f"cluster up (`ray status`)?") from None
+
+    def parallelism(self, local: LocalPool) -> int:
+        return self._cpus  # 0 until a batch connected: nothing ran on the cluster
+
+    def map_unordered(self, fn, items, *, cancel=None, max_in_flight=None, local=LocalPool(),
+                      task_cpus=1.0) -> Batch:
+        if not len(items):
+            return Batch(iter(()), lambda: None)
+        ray = self._connect()
+        task = ray.remote(_apply).options(num_cpus=task_cpus, max_retries=self.opts.max_retries)
+        fn_ref = ray.put(fn)  # once, not once per task
+        # Enough to keep every CPU busy; more would only queue (and hold their inputs in the
+        # object store) and slow a cancel.
+        window = max_in_flight or (max(1, int(self._cpus / task_cpus)) if task_cpus else self._cpus)
+        todo = iter(enumerate(items))
+        refs: dict = {}
+
+        def submit() -> None:
+            while len(refs) < window and not (cancel is not None and cancel.is_set()):
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                refs[task.remote(fn_ref, nxt[1])] = nxt[0]
+
+        def stop() -> None:
+            # Nothing is queued beyond the window, and what runs is left to finish unread (the
+            # job's workers go when the driver disconnects): ray.cancel racing a task's own
+            # completion kills the driver in Ray 2.60 ("Tried to complete task that was not
+            # pending"), which would lose the run's report.
+            refs.clear()
+
+        try:
+            submit()
+        except BaseException:
+            stop()
+            raise
+        return Batch(self._drain(ray, refs, submit, cancel), stop)
+
+    @staticmethod
+    def _drain(ray, refs: dict, submit, cancel) -> Iterator[tuple[int, Any]]:
+        lost = _lost_worker_errors(ray)
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+            if cancel is not None and cancel.is_set():
+                return
+            for ref in ready:
+                i = refs.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the function raised: its error
+                    cause = getattr(exc, "cause", None)
+                    res = Failed(_describe(cause) if cause is not None else _describe(exc))
+                except lost as exc:
+                    res = Failed(_describe(exc), lost_worker=True)
+                except ray.exceptions.RayError as exc:
+                    res = Failed(_describe(exc), lost_worker=True)
+                yield i, res
+                if cancel is not None and cancel.is_set():
+                    return
+            submit()
+
+    def close(self) -> None:
+        if self._ray is not None and self._owns:
+            self._ray.shutdown()  # disconnects; a cluster started with `ray start` stays up
+        self._ray, self._owns = None, False

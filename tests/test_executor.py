@@ -1,0 +1,354 @@
+"""The executor group: a local pool and a Ray cluster give the same results, the same per-item
+failures, a bounded window of tasks in flight and a cancel that does not wait.
+
+The Ray tests start a one-node cluster as a user does (``ray start --head``, token auth) and
+drive it from subprocesses: Ray reads its auth mode when imported, and a driver's threads have
+no business in the pytest process, whose later tests fork.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from components.executor import ExecutorError, Failed, LocalExecutor, LocalPool, RayExecutor
+from conftest import REPO
+from runner.config import ConfigError, build
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray is an optional extra, not installed here: "
+                               "pip install '.[ray]' (CI installs it)")
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fail_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("two is not allowed")
+    return x
+
+
+def _die_on_two(x: int) -> int:
+    if x == 2:
+        os._exit(3)  # what an out-of-memory kill or a crash in C code looks like to the pool
+    time.sleep(0.2)
+    return x
+
+
+# -- local ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool", [LocalPool(1), LocalPool(3, "thread"), LocalPool(2, "process")])
+def test_local_results_carry_their_index(pool):
+    with LocalExecutor().map_unordered(_square, list(range(7)), local=pool) as batch:
+        got = dict(batch)
+    assert got == {i: i * i for i in range(7)}
+
+
+def test_results_come_as_they_finish_not_in_input_order():
+    def slow_first(x: int) -> int:
+        time.sleep(0.6 if x == 0 else 0.0)
+        return x
+
+    order = [i for i, _ in LocalExecutor().map_unordered(slow_first, [0, 1, 2], local=LocalPool(3))]
+    assert sorted(order) == [0, 1, 2] and order[-1] == 0
+
+
+@pytest.mark.parametrize("pool", [LocalPool(1), LocalPool(2, "thread"), LocalPool(2, "process")])
+def test_a_task_that_raises_is_a_failed_result_and_the_batch_goes_on(pool):
+    got = dict(LocalExecutor().map_unordered(_fail_on_two, [1, 2, 3], local=pool))
+    assert got[0] == 1 and got[2] == 3
+    assert got[1] == Failed("ValueError: two is not allowed", lost_worker=False)
+
+
+def test_a_worker_that_dies_is_a_lost_worker_not_an_exception():
+    got = dict(LocalExecutor().map_unordered(_die_on_two, [1, 2, 3, 4], local=LocalPool(2, "process")))
+    assert set(got) == {0, 1, 2, 3}
+    assert isinstance(got[1], Failed) and got[1].lost_worker and "BrokenProcessPool" in got[1].error
+
+
+def test_max_in_flight_bounds_the_tasks_running_at_once():
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def task(x: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return x
+
+    got = dict(LocalExecutor().map_unordered(task, list(range(12)), max_in_flight=3,
+                                             local=LocalPool(8)))
+    assert sorted(got) == list(range(12)) and peak[0] == 3
+
+
+def test_a_cancel_stops_submitting_and_does_not_wait_for_queued_tasks():
+    cancel, started = threading.Event(), []
+
+    def task(x: int) -> int:
+        started.append(x)
+        time.sleep(0.3)
+        return x
+
+    t0 = time.perf_counter()
+    got = []
+    for i, res in LocalExecutor().map_unordered(task, list(range(20)), cancel=cancel, local=LocalPool(2)):
+        got.append(i)
+        cancel.set()
+    elapsed = time.perf_counter() - t0
+    assert len(got) == 1 and elapsed < 2.0  # 20 tasks x 0.3 s / 2 workers would be 3 s
+    time.sleep(0.4)  # a task already running finishes on its own; none queued starts
+    assert len(started) <= 4  # the two that finished, and the two the workers took next
+
+
+# -- the config group ----------------------------------------------------------------------
+
+
+def test_the_group_defaults_to_local_and_builds_ray_without_connecting(compose):
+    assert isinstance(build(compose().executor, "executor"), LocalExecutor)
+    ex = build(compose("executor=ray", "executor.address=ray://head.example:10001").executor, "executor")
+    assert isinstance(ex, RayExecutor) and ex.opts.address == "ray://head.example:10001"
+    assert ex.remote and ex.parallelism(LocalPool(4)) == 0  # nothing ran on a cluster yet
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+executor.adress=auto", "executor.adress: unknown key"),
+    ("executor.max_retries=-1", "executor.max_retries: Input should be greater than or equal to 0"),
+    ("+executor.workers=4", "executor.workers: unknown key"),
+])
+def test_a_wrong_executor_key_fails_naming_it(compose, override, message):
+    group = "executor=ray" if "retries" in override or "adress" in override else "executor=local"
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        build(compose(group, override).executor, "executor")
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ExecutorError, match=r"executor=ray needs Ray.*pip install '\.\[ray\]'"):
+        RayExecutor().map_unordered(_square, [1])
+
+
+@needs_ray
+def test_an_address_where_nothing_answers_fails_fast_naming_the_key():
+    from tests.fixtures.ray_head import _free_port
+
+    address = f"127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(ExecutorError, match=rf"executor\.address={address}: cannot connect to Ray: "
+                                            r"nothing answers there"):
+        RayExecutor(address=address, connect_timeout_s=2).map_unordered(_square, [1])
+    assert time.perf_counter() - t0 < 5  # Ray alone retries for minutes
+
+
+def test_the_convert_stage_reads_the_executor_group():
+    from runner.stages import convert
+
+    assert "executor" in convert.CONFIG
+
+
+# -- Ray -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from tests.fixtures.ray_head import ray_head
+
+    with ray_head(cpus=2) as (address, env):
+        yield address, dict(env, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+
+
+DRIVER = r'''
+import json, os, sys, threading, time
+from pathlib import Path
+from components.executor import Failed, RayExecutor
+
+address, marks = sys.argv[1], Path(sys.argv[2])
+
+def square(x):
+    return x * x
+
+def fail_on_two(x):
+    if x == 2:
+        raise ValueError("two is not allowed")
+    return x
+
+def die_on_two(x):
+    if x == 2:
+        os._exit(3)
+    return x
+
+def mark(item):  # each task leaves its start and end time in a folder
+    folder, x, seconds = item
+    t0 = time.time()
+    time.sleep(seconds)
+    (Path(folder) / f"{x}.json").write_text(json.dumps([t0, time.time()]))
+    return os.getpid()
+
+def batch(name, n, seconds=0.5):
+    folder = marks / name
+    folder.mkdir(parents=True)
+    return folder, [(str(folder), x, seconds) for x in range(n)]
+
+def peak(folder):
+    spans = [json.loads(f.read_text()) for f in folder.iterdir()]
+    return max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+
+out = {}
+ex = RayExecutor(address=address, max_retries=0)
+out["squares"] = sorted(ex.map_unordered(square, list(range(6))))
+out["raise"] = {i: (r.__dict__ if isinstance(r, Failed) else r)
+                for i, r in ex.map_unordered(fail_on_two, [0, 2, 4])}
+out["die"] = {i: (r.__dict__ if isinstance(r, Failed) else r)
+              for i, r in ex.map_unordered(die_on_two, [0, 2, 4])}
+folder, items = batch("window-1", 4)
+pids = [r for _, r in ex.map_unordered(mark, items, max_in_flight=1)]
+out["peak_window_1"] = peak(folder)
+folder, items = batch("default", 6, seconds=1.0)  # time for a second worker to start
+pids += [r for _, r in ex.map_unordered(mark, items)]
+out["peak_default"] = peak(folder)
+out["worker_processes"] = len(set(pids))
+folder, items = batch("cancel", 12)
+cancel = threading.Event()
+t0 = time.time()
+got = []
+for i, _ in ex.map_unordered(mark, items, cancel=cancel, max_in_flight=2):
+    got.append(i)
+    cancel.set()
+out["cancel_results"] = len(got)
+out["cancel_seconds"] = time.time() - t0
+time.sleep(1.5)
+out["cancel_started"] = len(list(folder.iterdir()))
+out["parallelism"] = ex.parallelism(None)
+ex.close()
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ray_gives_results_failures_a_bounded_window_and_a_quick_cancel(cluster, tmp_path):
+    address, env = cluster
+    done = subprocess.run([sys.executable, "-c", DRIVER, address, str(tmp_path / "marks")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["squares"] == [[i, i * i] for i in range(6)]
+    assert out["raise"]["0"] == 0 and out["raise"]["2"] == 4
+    assert out["raise"]["1"] == {"error": "ValueError: two is not allowed", "lost_worker": False}
+    # Only the task whose worker died is lost; Ray runs the others in other workers.
+    assert out["die"]["0"] == 0 and out["die"]["2"] == 4
+    assert out["die"]["1"]["lost_worker"] is True and "WorkerCrashedError" in out["die"]["1"]["error"]
+    assert out["peak_window_1"] == 1  # max_in_flight bounds the whole cluster, from one driver
+    assert out["peak_default"] == 2  # by default: one task per cluster CPU
+    assert out["worker_processes"] <= 3  # workers live on between tasks (and batches)
+    assert out["cancel_results"] == 1 and out["cancel_seconds"] < 3
+    assert out["cancel_started"] <= 3  # of 12: nothing more was submitted
+    assert out["parallelism"] == 2
+
+
+def runner(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "runner", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    done.log = done.stdout + done.stderr
+    return done
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@needs_ray
+def test_convert_on_ray_writes_the_same_documents_and_errors_as_local(cluster, tmp_path):
+    from components.documents.sample_corpus import write_sample_corpus
+
+    address, env = cluster
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    corpus = write_sample_corpus(tmp_path / "sample")
+    with zipfile.ZipFile(corpus / "broken-spec.docx", "w") as zf:  # passes the precheck, fails in Docling
+        zf.writestr("[Content_Types].xml", "<Types/>")
+    runs = {}
+    for name, extra in [("local", ["docling.workers=2"]),
+                        ("ray", ["executor=ray", f"executor.address={address}"])]:
+        run_dir = tmp_path / name
+        out = runner([f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / ('cache-' + name)}",
+                      f"corpus.path={corpus}", "stages=[convert]", *extra], env)
+        assert out.returncode == 0 and "Traceback" not in out.log, out.log[-3000:]
+        runs[name] = run_dir
+    local, ray = (tree(runs[n] / "documents") for n in ("local", "ray"))
+    assert local == ray
+    manifest = json.loads(local["manifest.json"])
+    assert [m["status"] for m in manifest].count("success") == 6
+    [bad] = [m for m in manifest if m["status"] == "failed"]
+    assert bad["source"] == "broken-spec.docx" and bad["failure"] == "final"
+    assert bad["error"] == "corrupt DOCX: the package has no word/document.xml"
+    metrics = json.loads((runs["ray"] / "metrics.json").read_text())
+    assert metrics["convert/workers"] == 2 and metrics["convert/docs"] == 6
+    # The driver keeps the conversion cache: a second run on the cluster converts nothing.
+    again = runner([f"hydra.run.dir={tmp_path / 'ray2'}", f"cache_dir={tmp_path / 'cache-ray'}",
+                    f"corpus.path={corpus}", "stages=[convert]", "executor=ray",
+                    f"executor.address={address}", "stage_cache=false"], env)
+    assert again.returncode == 0, again.log[-3000:]
+    assert json.loads((tmp_path / "ray2" / "metrics.json").read_text())["convert/cache_hits"] == 6
+    assert tree(tmp_path / "ray2" / "documents") == local
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothing(cluster, tmp_path):
+    from tests.fixtures.etsi_layout import write_corpus
+
+    address, env = cluster
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    args = [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", f"corpus.path={corpus}",
+            "stages=[convert]", "executor=ray", f"executor.address={address}"]
+    p = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    docling = cache / "docling"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (docling.is_dir() and len(list(docling.iterdir())) >= 2):
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGTERM)
+    log = p.communicate(timeout=60)[0]
+    stopped = time.perf_counter() - t0
+    assert p.returncode == 130, log[-3000:]
+    assert stopped < 10, stopped
+    assert "Traceback" not in log and "Resume with: python -m runner" in log
+    finished = len([d for d in docling.iterdir() if not d.name.startswith(".")])
+    out = runner(args, env)
+    assert out.returncode == 0, out.log[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    total = len(json.loads((run_dir / "documents" / "manifest.json").read_text()))
+    assert metrics["convert/cache_hits"] >= finished  # nothing finished is converted again
+    assert metrics["convert/docs"] == total  # and nothing is lost
+
+
+@needs_ray
+def test_no_cluster_at_the_address_is_a_stage_error_naming_the_key(tmp_path):
+    from tests.fixtures.ray_head import _free_port
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               RAY_AUTH_MODE="disabled")
+    address = f"127.0.0.1:{_free_port()}"
+    out = runner([f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
+                  "stages=[convert]", "executor=ray", f"executor.address={address}"], env)
+    assert out.returncode == 1 and "Traceback" not in out.log, out.log[-3000:]
+    assert f"executor.address={address}: cannot connect to Ray" in out.log
