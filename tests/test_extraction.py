@@ -199,8 +199,10 @@ def test_service_failures_are_transient_and_bugs_are_not_swallowed():
 
     class Final(ServiceError):
         transient = False
-    with pytest.raises(Final):  # a failure marked final by the service is not a transient record
-        extractor([Final("bad request")])(CHUNK, "key")
+    rec = extractor([Final("bad request")])(CHUNK, "key")  # the service says retrying won't help
+    assert rec["status"] == "error" and rec["failure"] == "final" and "bad request" in rec["error"]
+    rec = extractor([ServiceError("HTTP 400", status=400)])(CHUNK, "key")
+    assert rec["failure"] == "final"
     with pytest.raises(KeyError):
         extractor([KeyError("bug")])(CHUNK, "key")
 

@@ -46,8 +46,8 @@ class ServiceError(ServiceFailure):
     """The server answered with an error. 429 and 5xx are transient; other statuses are final."""
 
     def __init__(self, message: str, *, status: int | None = None, **kw) -> None:
-        if "transient" not in kw or kw["transient"] is None:
-            kw["transient"] = status is None or status == 429 or status >= 500
+        if kw.get("transient") is None and status is not None:
+            kw["transient"] = status == 429 or status >= 500
         super().__init__(message, status=status, **kw)
 
 

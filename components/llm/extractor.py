@@ -16,6 +16,7 @@ from typing import Any
 from components.llm import extraction as X
 from components.llm import grounding as G
 from components.llm import rules
+from components.llm.errors import ServiceFailure
 from components.llm.extraction import ExtractionConfig
 from components.training.evaluation import token_f1
 
@@ -77,10 +78,10 @@ class ChunkExtractor:
                 rec["llm"] = self._ask(chunk, rec)
             except Cancelled:
                 raise
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                rec.update(status="error", failure="transient",
+            except ServiceFailure as exc:
+                # The service's own word: a 400 or a missing model stays failed (final); a
+                # timeout, 5xx or open breaker is retried by the next run (transient).
+                rec.update(status="error", failure="transient" if is_transient(exc) else "final",
                            error=f"{type(exc).__name__}: {exc}"[:500])
             else:
                 if rec["llm"].get("error"):
