@@ -72,7 +72,7 @@ class Script:
         self.calls = 0
         self.lock = threading.Lock()
 
-    def chat_json(self, messages, schema, max_tokens, temperature=0.0):
+    def chat_json(self, messages, schema, max_tokens, temperature=0.0, **route):
         user = messages[-1]["content"]
         cid = next(c for t, c in self.texts.items() if user.endswith(t))
         with self.lock:

@@ -120,7 +120,7 @@ class Scripted:
         self.replies = list(replies)
         self.asked = []
 
-    def chat_json(self, messages, schema, max_tokens, temperature=0.0):
+    def chat_json(self, messages, schema, max_tokens, temperature=0.0, **route):
         self.asked.append(messages)
         r = self.replies.pop(0)
         if isinstance(r, BaseException):

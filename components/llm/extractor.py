@@ -8,6 +8,7 @@ why, and, when it failed, whether the failure is ``final`` (the model's answer i
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class ChunkExtractor:
     metas: dict[str, dict]
     service: Any = None  # None: rules only
     cancel: threading.Event = field(default_factory=threading.Event)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __post_init__(self) -> None:
         self.schema = X.json_schema(self.cfg.max_acronyms, self.cfg.max_spec_refs,
@@ -72,6 +74,7 @@ class ChunkExtractor:
         return self.cfg.extractor != "rules" and rec["skip"] is None
 
     def __call__(self, chunk: dict, request_key: str) -> dict:
+        self._local.route = {"complexity": chunk.get("complexity"), "chunk_id": chunk["id"]}
         rec = self.base(chunk, request_key)
         if self.needs_llm(rec):
             try:
@@ -94,8 +97,14 @@ class ChunkExtractor:
     def _chat(self, messages: list[dict], schema: dict, max_tokens: int, usage: Counter):
         if self.cancel.is_set():
             raise Cancelled()
-        reply = self.service.chat_json(messages, schema, max_tokens, self.cfg.temperature)
+        # The chain routes by the chunk's complexity and audits by its id.
+        route = getattr(self._local, "route", {})
+        reply = self.service.chat_json(messages, schema, max_tokens, self.cfg.temperature, **route)
         usage["requests"] += 1
+        for k in ("model", "service"):  # what actually answered, after routing and fallback
+            if getattr(reply, k, None):
+                # MLflow metric names allow no ':' (ollama tags have one)
+                usage[f"by_{k}/" + re.sub(r"[^\w.\-/ ]", "_", str(getattr(reply, k)))] += 1
         usage["prompt_tokens"] += reply.prompt_tokens
         usage["completion_tokens"] += reply.completion_tokens
         usage["seconds"] += reply.seconds

@@ -282,4 +282,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         "extract/invalid": float(sum(r["status"] == "invalid" for r in records)),
         **(svc.metrics() if svc else {}),
     })
+    if svc is not None:
+        # What happened after start (fallbacks, breaker opens, alerts) belongs on the run too.
+        ctx.tracker.set_tags(svc.tags())
     return metrics
