@@ -54,7 +54,6 @@ from tests.fixtures.synthetic import generate  # noqa: E402
 
 def config(docs: Path, out: Path, **overrides):
     group = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "process" / "default.yaml"))
-    group.pop("_target_")
     group.update(overrides)
     return process_config(group, input_dir=docs, output_path=out)
 

@@ -115,6 +115,10 @@ def main() -> None:
     chunks = [json.loads(x) for x in (work / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if x]
     with_path = sum(bool(c.get("section_path")) for c in chunks)
     header_lines = sum(is_page_furniture(line) for c in chunks for line in c["text"].splitlines() if line.strip())
+    # The same count over the chunks the LLM is sent (front matter, e.g. a cover's "(Release 19)"
+    # line, is kept for metadata but marked and skipped).
+    header_lines_body = sum(is_page_furniture(line) for c in chunks if c.get("kind", "body") == "body"
+                            for line in c["text"].splitlines() if line.strip())
     toc = sum(is_toc_chunk(c["text"]) for c in chunks)
     breaks = [paragraph_breaks(c["text"]) for c in chunks]
     n_breaks, n_mid = sum(b for b, _ in breaks), sum(m for _, m in breaks)
@@ -160,6 +164,7 @@ def main() -> None:
         "glossary_recall": round(found / truth_n, 4) if truth_n else 0.0,
         "section_path_rate": round(with_path / len(chunks), 4) if chunks else 0.0,
         "header_lines_left": header_lines,
+        "header_lines_left_body": header_lines_body,
         "toc_chunks": toc,
         "mid_sentence_break_rate": round(n_mid / n_breaks, 4) if n_breaks else 0.0,
         "metadata_correct": round(meta_ok / len(generated), 4),

@@ -81,7 +81,7 @@ class ProcessConfig(_Strict):
 def process_config(group: Mapping[str, Any], input_dir: str | PathLike | None = None,
                    output_path: str | PathLike | None = None, source: str = "process config") -> ProcessConfig:
     """Validates the `process` config group, adding the run's input and output paths."""
-    raw = dict(group)
+    raw = {k: v for k, v in group.items() if k != "_target_"}  # Hydra's, not the engines'
     if input_dir is not None:
         raw["input_dir"] = str(Path(input_dir).resolve())
     if output_path is not None:
