@@ -22,13 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TERMS = [("AMF", "Access and Mobility Management Function"), ("SMF", "Session Management Function"),
-         ("UPF", "User Plane Function"), ("BWP", "Bandwidth Part"), ("PCI", "Physical Cell Identity"),
-         ("TAC", "Tracking Area Code"), ("RSRP", "Reference Signal Received Power"),
-         ("SDAP", "Service Data Adaptation Protocol"), ("NRF", "Network Repository Function"),
-         ("QFI", "QoS Flow Identifier"), ("DRB", "Data Radio Bearer"), ("CU", "Central Unit"),
-         ("DU", "Distributed Unit"), ("KPI", "Key Performance Indicator"),
-         ("SSB", "Synchronization Signal Block"), ("RACH", "Random Access Channel")]
+from tests.fixtures.telecom_terms import TERMS  # noqa: E402
 ASK = ["In 3GPP terminology, what does {a} stand for?", "Expand the abbreviation {a}.",
        "What is the full name of {a} in NR?", "Define the acronym {a} as used in 5G specifications."]
 SYSTEM = "You are a telecom standards assistant. Answer precisely and concisely."

@@ -19,18 +19,12 @@ from components.tracking import NullTracker
 from components.training import preflight
 from components.training.blas import use_fast_blas
 from conftest import REPO
+from tests.fixtures.telecom_terms import TERMS
 
 use_fast_blas()  # before mlx's first import in this process
 
 SYSTEM = "You are a telecom standards assistant. Answer precisely and concisely."
-# Our own 3GPP-style facts (no specification text).
-ACRONYMS = [("AMF", "Access and Mobility Management Function"), ("SMF", "Session Management Function"),
-            ("UPF", "User Plane Function"), ("BWP", "Bandwidth Part"), ("PCI", "Physical Cell Identity"),
-            ("TAC", "Tracking Area Code"), ("RSRP", "Reference Signal Received Power"),
-            ("SDAP", "Service Data Adaptation Protocol"), ("NRF", "Network Repository Function"),
-            ("QFI", "QoS Flow Identifier"), ("DRB", "Data Radio Bearer"), ("CU", "Central Unit"),
-            ("DU", "Distributed Unit"), ("KPI", "Key Performance Indicator"),
-            ("SSB", "Synchronization Signal Block"), ("RACH", "Random Access Channel")]
+ACRONYMS = TERMS  # our own 3GPP-style facts (no specification text)
 QA = [("Which unit hosts PDCP in a split gNB?", "The central unit hosts PDCP."),
       ("What does the site survey record first?", "The antenna height and azimuth."),
       ("How often is the rollout checklist reviewed?", "Once per sprint."),
