@@ -290,6 +290,25 @@ def test_dropped_connection_resumes_where_it_stopped(serve, archive_root, tmp_pa
     assert res.bytes == len(full)  # half, then the other half: nothing fetched twice
 
 
+def _download_in_process(args) -> tuple[str, bytes]:
+    base, dest = args
+    [res] = downloader(base, Path(dest)).download(["38.331@h10"])
+    return res.status, Path(res.path).read_bytes() if res.path and Path(res.path).is_file() else b""
+
+
+def test_concurrent_processes_downloading_one_spec_share_one_complete_file(serve, archive_root, tmp_path):
+    """Runs sharing the download cache: one fetches, the others wait and find it complete."""
+    import multiprocessing
+
+    base, handler = serve(range_ok=True)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        out = pool.map(_download_in_process, [(base, str(tmp_path))] * 4)
+    full = served(archive_root, "38.331", "h10")
+    assert all(data == full for _, data in out), [s for s, _ in out]
+    assert sorted(s for s, _ in out).count("downloaded") >= 1
+    assert len(file_gets(handler, "38331-h10.zip")) == 1  # fetched once, not four times
+
+
 def test_transient_server_errors_are_retried(serve, archive_root, tmp_path):
     path = "/Specs/archive/38_series/38.413/38413-g50.zip"
     base, handler = serve(fail={path: 2})

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from filelock import AsyncFileLock
 from pydantic import ConfigDict, Field, field_validator
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -238,7 +239,14 @@ class ThreeGPPDownloader:
                 if path.is_file():
                     res.status = "cached"
                     return res
-                await self._retrying(lambda: self._fetch(client, res.url, path, res))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Two runs fetching the same file would append to one .part: the second waits,
+                # then finds the file complete.
+                async with AsyncFileLock(str(path) + ".lock", timeout=self.timeout_s * (self.retries + 2)):
+                    if path.is_file():
+                        res.status = "cached"
+                        return res
+                    await self._retrying(lambda: self._fetch(client, res.url, path, res))
                 res.status = "downloaded"
             except AcquireError as exc:
                 res.error = str(exc)

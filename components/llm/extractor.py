@@ -82,6 +82,8 @@ class ChunkExtractor:
             except Cancelled:
                 raise
             except ServiceFailure as exc:
+                if getattr(exc, "stop_run", False):  # an alert in alerts.fail_on
+                    raise
                 # The service's own word: a 400 or a missing model stays failed (final); a
                 # timeout, 5xx or open breaker is retried by the next run (transient).
                 rec.update(status="error", failure="transient" if is_transient(exc) else "final",
