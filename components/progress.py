@@ -24,6 +24,12 @@ class Progress:
         self._t0 = self._last = 0.0
 
     def __enter__(self) -> "Progress":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close(failed=exc[0] is not None)
+
+    def start(self) -> "Progress":
         self._t0 = self._last = time.perf_counter()
         if self.terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
@@ -36,10 +42,11 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total, rate="", note="")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._bar is not None:
-            self._bar.__exit__(*exc)
-        if exc[0] is None and self.done:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+        if not failed and self.done:
             log.info("%s", self.line(final=True))
 
     def rate(self) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from components.documents.glossary import glossary_rows
 from components.files import read_jsonl, write_jsonl
+from components.progress import Progress
 from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
 
@@ -75,35 +75,6 @@ def _documents(ctx: StageContext, doc_ids: list[str]) -> tuple[dict[str, list[di
         except (OSError, ValueError) as exc:
             log.warning("extract: %s: cannot read (%s); this document gets no glossary", md, exc)
     return rows, metas
-
-
-class Progress:
-    """A bar with chunks/s and ETA on a terminal; a plain line every few seconds otherwise."""
-
-    def __init__(self, total: int, every_s: float) -> None:
-        self.total, self.every_s, self.n = total, every_s, 0
-        self.t0 = self.last = time.monotonic()
-        self.bar = None
-        if total and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="chunk", desc="extract", file=sys.stderr)
-
-    def step(self) -> None:
-        self.n += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.every_s or self.n == self.total:
-            self.last = now
-            rate = self.n / max(now - self.t0, 1e-9)
-            eta = (self.total - self.n) / rate if rate else 0.0
-            log.info("extract: %d/%d chunks, %.2f chunks/s, ETA %.0fs", self.n, self.total, rate, eta)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _glossary_file(chunks: list[dict], rows: dict[str, list[dict]], records: list[dict]) -> list[dict]:
@@ -218,12 +189,12 @@ def run(ctx: StageContext) -> dict[str, float]:
             info["service.fallback_reason"] = svc.fallback_reason[:500]
         ctx.tracker.set_tags(info)
 
-    progress = Progress(len(todo), ex.progress_every_s)
+    progress = Progress("extract", len(todo), unit="chunks", every_s=ex.progress_every_s).start()
 
     def finished(chunk: dict, rec: dict) -> None:
         done[chunk["id"]] = rec
         record_log.append(rec)
-        progress.step()
+        progress.advance(failed=int(rec["status"] != "ok"), note=chunk["id"])
         if rec["status"] != "ok":
             log.warning("extract: chunk %s: %s (%s failure): %s", rec["chunk_id"], rec["status"],
                         rec["failure"], rec.get("error"))

@@ -14,6 +14,7 @@ from typing import Iterator
 from components.documents.convert.engine import DocResult, DoclingEngine
 from components.documents.convert.options import DoclingOptions
 from components.executor import Executor, Failed, LocalExecutor, LocalPool, start_method
+from components.progress import Progress
 
 # Per worker thread (a DocumentConverter is not shared-safe) and so per process: one engine per
 # options, built by the first document and reused by the rest — a Ray worker lives on between
@@ -70,8 +71,6 @@ def convert_many(engine: DoclingEngine, pending: list[DocResult], progress: bool
                  cancel: threading.Event | None = None,
                  executor: Executor | None = None) -> Iterator[tuple[int, DocResult]]:
     """(index into ``pending``, result) as each document finishes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     if not pending:
         return
     executor = executor or LocalExecutor()
@@ -95,18 +94,16 @@ def convert_many(engine: DoclingEngine, pending: list[DocResult], progress: bool
             engine.prepare()  # children inherit imported Docling: no 3 s start each
         fn = ConvertTask(settings, quiet=executor.remote or pool.kind == "process")
     items = _Items(pending, ship=executor.remote)
-    bar = Progress(TextColumn("convert"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[name]}"), disable=not progress, transient=True)
+    bar = Progress("convert", len(pending), unit="documents", terminal=progress)
     # Submitted (and so forked) before the progress bar starts its refresh thread, so no
     # thread of ours is running mid-lock in a child.
     with executor.map_unordered(fn, items, cancel=cancel, local=pool) as results, bar:
-        task = bar.add_task("convert", total=len(pending), name="")
         for i, res in results:
             if isinstance(res, Failed):  # the worker died, or Docling could not be built there
                 what = "converter worker died" if res.lost_worker else "converter process failed"
                 res = DocResult(pending[i].source, pending[i].path, "failed", transient=True,
                                 sha256=pending[i].sha256, error=f"{what}: {res.error}")
-            bar.update(task, advance=1, name=res.source)
+            bar.advance(failed=int(res.status != "success"), note=res.source)
             yield i, res
 
 
