@@ -209,15 +209,18 @@ def test_training_reports_every_step_aligned_and_finals_apart(trained):
 
 @pytest.mark.slow
 def test_adapter_config_records_provenance_and_effective_values(trained):
-    from components.training.lora import provenance_mismatch
-    from runner.stages.finetune import adapter_provenance
+    from omegaconf import OmegaConf
+
+    from components.training.lora import provenance, provenance_mismatch
 
     run_dir, cfg, _, _ = trained
     rec = json.loads((run_dir / "adapters" / "adapter_config.json").read_text())
     assert rec["lora_parameters"]["rank"] == cfg.lora.rank and rec["num_layers"] == 2
     assert rec["provenance"]["lora"]["rank"] == cfg.lora.rank
     assert rec["training"]["batch_size"] == 4 and rec["training"]["iters"] == 8
-    assert provenance_mismatch(run_dir / "adapters", adapter_provenance(cfg, run_dir / "dataset")) is None
+    assert provenance_mismatch(run_dir / "adapters", provenance(OmegaConf.to_container(cfg.lora, resolve=True),
+                                                                OmegaConf.to_container(cfg.model, resolve=True),
+                                                                run_dir / "dataset")) is None
 
 
 @pytest.mark.slow

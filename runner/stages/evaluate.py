@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from omegaconf import OmegaConf
+
 from components.files import read_jsonl, write_json
+from components.progress import Progress
 from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
-from runner.stages.finetune import adapter_provenance
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,12 @@ CONFIG = ["model", "lora", "evaluate", "cache_dir"]
 
 def _answers(lora, model, tok, prompts, max_tokens, cancel):
     out = []
-    for p in prompts:
-        if cancel.is_set():
-            raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
-        out.extend(lora.generate_answers(model, tok, [p], max_tokens))
+    with Progress("evaluate", len(prompts), unit="answers") as progress:
+        for p in prompts:
+            if cancel.is_set():
+                raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
+            out.extend(lora.generate_answers(model, tok, [p], max_tokens))
+            progress.advance()
     return out
 
 
@@ -55,7 +59,9 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     cfg, lcfg = build(ctx.cfg.evaluate, "evaluate"), build(ctx.cfg.lora, "lora")
     adapters, data = ctx.path("adapters"), ctx.path("dataset")
-    why = lora.provenance_mismatch(adapters, adapter_provenance(ctx.cfg, data))
+    # The adapters say what made them; finetune records the same provenance.
+    prov = lora.provenance(OmegaConf.to_container(ctx.cfg.lora), OmegaConf.to_container(ctx.cfg.model), data)
+    why = lora.provenance_mismatch(adapters, prov)
     if why:
         raise StageError(f"evaluate: {adapters} was not made by this config ({why}); re-run "
                          "fine-tuning with it: stages=[finetune,evaluate]")

@@ -23,14 +23,6 @@ OUTPUTS = ["adapters", "export"]
 CONFIG = ["model", "lora", "finetune", "cache_dir", "dataset.system_prompt"]
 
 
-def adapter_provenance(cfg, dataset_dir) -> dict:
-    """Shared with evaluate, which refuses adapters made under another config."""
-    from components.training.lora import provenance
-
-    return provenance(OmegaConf.to_container(cfg.lora, resolve=True),
-                      OmegaConf.to_container(cfg.model, resolve=True), dataset_dir)
-
-
 def run(ctx: StageContext) -> dict[str, float]:
     from components.training import export, lora
     from components.training.preflight import PreflightError
@@ -39,7 +31,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     base = build(ctx.cfg.model, "model")
     ecfg = build(ctx.cfg.finetune, "finetune")
     adapters = ctx.path("adapters")
-    prov = adapter_provenance(ctx.cfg, ctx.path("dataset"))
+    prov = lora.provenance(OmegaConf.to_container(ctx.cfg.lora), OmegaConf.to_container(ctx.cfg.model),
+                           ctx.path("dataset"))
     model_dir = base.local_dir(ctx.cfg.cache_dir)
     if lora.provenance_mismatch(adapters, prov) is None:
         log.info("finetune: %s already holds adapters for this lora/model/dataset config; "
