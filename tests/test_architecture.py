@@ -28,6 +28,13 @@ def test_nothing_in_components_imports_runner():
     assert offenders == []
 
 
+def test_no_stage_imports_another_stage():
+    """One stage, one module, one hand-off through the run directory."""
+    for name in pipeline.ORDER:
+        mods = F.code_modules([f"runner.stages.{name}"])
+        assert {m for m in mods if m.startswith("runner.stages.")} == {f"runner.stages.{name}"}
+
+
 def test_every_group_that_configures_a_component_has_a_target():
     # conf/hydra/ configures Hydra itself (logging, launchers), not a component of ours.
     missing = [str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF
