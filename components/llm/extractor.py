@@ -125,6 +125,9 @@ class ChunkExtractor:
             reply = self._chat(messages, self.schema, self.cfg.max_tokens, usage)
             out["attempts"] = attempt + 1
             out["finish_reason"] = reply.finish_reason
+            # Who answered, after routing and any fallback (the chain's Reply says).
+            out["service"] = getattr(reply, "service", None) or out["service"]
+            out["model"] = getattr(reply, "model", None) or out["model"]
             parsed = X.parse(reply.content)
             if attempt == 0:
                 out["first_json_valid"], out["first_schema_valid"] = parsed.json_valid, parsed.data is not None

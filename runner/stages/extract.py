@@ -254,6 +254,12 @@ def run(ctx: StageContext) -> dict[str, float]:
         **(svc.metrics() if svc else {}),
     })
     if svc is not None:
-        # What happened after start (fallbacks, breaker opens, alerts) belongs on the run too.
-        ctx.tracker.set_tags(svc.tags())
+        # What happened after start (fallbacks, breaker opens, alerts) belongs on the run too;
+        # service.used stays the service's name, the targets (service/model) get their own tag.
+        tags = svc.tags()
+        targets = tags.pop("service.used", "none")
+        tags["service.targets"] = targets
+        tags["service.used"] = ",".join(sorted({t.split("/")[0] for t in targets.split(",")
+                                                if t != "none"})) or svc.name
+        ctx.tracker.set_tags(tags)
     return metrics
