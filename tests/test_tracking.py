@@ -253,10 +253,15 @@ def _check_sweep(sweep, parent, children, n: int) -> None:
     assert len(children) == n and {c.info.status for c in children} == {"FINISHED"}
     assert all(c.data.tags["sweep.id"] == str(sweep) and c.data.tags["scope"] == "partial" for c in children)
     assert f"{n} FINISHED" in parent.data.tags["mlflow.note.content"]
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    max_tokens = OmegaConf.load(CONF / "extraction" / "default.yaml").max_tokens
     for c in children:
         job = sweep / c.data.tags["sweep.job"]
-        assert c.data.params["extraction.max_tokens"] == "256"  # whole-name redaction only
-        assert "max_tokens: 256" in (job / "config.resolved.yaml").read_text()
+        assert c.data.params["extraction.max_tokens"] == str(max_tokens)  # whole-name redaction only
+        assert f"max_tokens: {max_tokens}" in (job / "config.resolved.yaml").read_text()
         assert (job / "report.html").is_file() and "process/chunks" in c.data.metrics
 
 
