@@ -138,35 +138,17 @@ def test_a_killed_run_left_running_is_closed_by_the_next_run(tmp_path, env):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_convert_stops_within_seconds_and_the_rerun_redoes_nothing(tmp_path, env, sig):
-    from tests.fixtures.etsi_layout import write_corpus
+    from tests.fixtures.interrupt import interrupt_convert
 
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus)
-    run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    args = [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", f"corpus.path={corpus}",
-            "stages=[convert]", "docling.workers=1"]
-    p = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    docling = cache / "docling"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (docling.is_dir() and len(list(docling.iterdir())) >= 2):
-        time.sleep(0.05)
-    t0 = time.perf_counter()
-    p.send_signal(sig)
-    log = p.communicate(timeout=60)[0]
-    stopped = time.perf_counter() - t0
-    assert p.returncode == 130, log[-3000:]
-    assert stopped < 5, stopped
-    assert "Traceback" not in log and "Resume with: python -m runner" in log
-    assert "KILLED" in (run_dir / "report.md").read_text()
-    assert mlflow_run(env, run_id_of(run_dir)).info.status == "KILLED"
-    finished = len([d for d in docling.iterdir() if not d.name.startswith(".")])
-    out = run(args, env)
-    assert out.returncode == 0, out.log[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    total = len(json.loads((run_dir / "documents" / "manifest.json").read_text()))
-    assert metrics["convert/cache_hits"] >= finished  # nothing finished is converted again
-    assert metrics["convert/docs"] == total  # and nothing is lost
+    r = interrupt_convert(tmp_path, env, sig, "docling.workers=1")
+    assert r.returncode == 130, r.log[-3000:]
+    assert r.stop_seconds < 5, r.stop_seconds
+    assert "Traceback" not in r.log and "Resume with: python -m runner" in r.log
+    assert "KILLED" in r.report
+    assert mlflow_run(env, r.run_id).info.status == "KILLED"
+    assert r.rerun.returncode == 0, r.rerun.log[-3000:]
+    assert r.metrics["convert/cache_hits"] >= r.finished  # nothing finished is converted again
+    assert r.metrics["convert/docs"] == r.total  # and nothing is lost
 
 
 @pytest.mark.slow

@@ -310,35 +310,17 @@ def test_convert_on_ray_writes_the_same_documents_and_errors_as_local(cluster, t
 @pytest.mark.slow
 @needs_ray
 def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothing(cluster, tmp_path):
-    from tests.fixtures.etsi_layout import write_corpus
+    from tests.fixtures.interrupt import interrupt_convert
 
     address, env = cluster
     env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus)
-    run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    args = [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", f"corpus.path={corpus}",
-            "stages=[convert]", "executor=ray", f"executor.address={address}"]
-    p = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    docling = cache / "docling"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (docling.is_dir() and len(list(docling.iterdir())) >= 2):
-        time.sleep(0.05)
-    t0 = time.perf_counter()
-    p.send_signal(signal.SIGTERM)
-    log = p.communicate(timeout=60)[0]
-    stopped = time.perf_counter() - t0
-    assert p.returncode == 130, log[-3000:]
-    assert stopped < 10, stopped
-    assert "Traceback" not in log and "Resume with: python -m runner" in log
-    finished = len([d for d in docling.iterdir() if not d.name.startswith(".")])
-    out = runner(args, env)
-    assert out.returncode == 0, out.log[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    total = len(json.loads((run_dir / "documents" / "manifest.json").read_text()))
-    assert metrics["convert/cache_hits"] >= finished  # nothing finished is converted again
-    assert metrics["convert/docs"] == total  # and nothing is lost
+    r = interrupt_convert(tmp_path, env, signal.SIGTERM, "executor=ray", f"executor.address={address}")
+    assert r.returncode == 130, r.log[-3000:]
+    assert r.stop_seconds < 10, r.stop_seconds
+    assert "Traceback" not in r.log and "Resume with: python -m runner" in r.log
+    assert r.rerun.returncode == 0, r.rerun.log[-3000:]
+    assert r.metrics["convert/cache_hits"] >= r.finished  # nothing finished is converted again
+    assert r.metrics["convert/docs"] == r.total  # and nothing is lost
 
 
 @needs_ray
