@@ -32,17 +32,6 @@ def chunk_sha(chunk: dict) -> str:
     return hashlib.sha256(chunk["text"].encode("utf-8")).hexdigest()[:16]
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A service failure the next run should retry (connection, timeout, 5xx, 429, breaker),
-    unless the service marks it final."""
-    from components.llm.services import ServiceError, ServiceUnavailable
-
-    marked = getattr(exc, "transient", None)
-    if marked is not None:
-        return bool(marked)
-    return isinstance(exc, (ServiceError, ServiceUnavailable))
-
-
 @dataclass
 class ChunkExtractor:
     cfg: ExtractionConfig
@@ -86,7 +75,7 @@ class ChunkExtractor:
                     raise
                 # The service's own word: a 400 or a missing model stays failed (final); a
                 # timeout, 5xx or open breaker is retried by the next run (transient).
-                rec.update(status="error", failure="transient" if is_transient(exc) else "final",
+                rec.update(status="error", failure=exc.failure,
                            error=f"{type(exc).__name__}: {exc}"[:500])
             else:
                 if rec["llm"].get("error"):
