@@ -90,6 +90,9 @@ class Script:
     def tags(self) -> dict[str, str]:
         return {}
 
+    def abort_requests(self) -> int:  # no connections: its answers are computed in-process
+        return 0
+
     def close(self):
         pass
 

@@ -109,35 +109,10 @@ def _glossary_file(chunks: list[dict], rows: dict[str, list[dict]], records: lis
     return out
 
 
-def _abort_requests(svc) -> int:
-    """Shut down this process's open connections to the service, so the server sees its clients
-    gone and cancels their generations. Without it, an abandoned request keeps llama.cpp (whose
-    destructor waits for it, holding the GIL) busy until the request's timeout."""
-    import socket
-    from urllib.parse import urlparse
-
-    import psutil
-
-    url = getattr(getattr(svc, "used", svc), "base_url", None)
-    port = urlparse(url).port if url else None
-    if not port:
-        return 0
-    n = 0
-    for conn in psutil.Process().net_connections(kind="tcp"):
-        if conn.raddr and conn.raddr.port == port and conn.fd >= 0:
-            try:
-                with socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
-                    dup.shutdown(socket.SHUT_RDWR)  # acts on the connection, wakes the reader
-                n += 1
-            except OSError:
-                pass
-    return n
-
-
 def _release(ctx: StageContext, svc, stopping: bool) -> None:
     """Close the shared server; when stopping, cut the requests still running first."""
     if stopping:
-        n = _abort_requests(svc)
+        n = svc.abort_requests()
         log.info("extract: stopping: %d request(s) in flight abandoned", n)
     ctx.resources.release("llm")
 
