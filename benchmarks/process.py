@@ -2,7 +2,7 @@
 
 Generates a 3GPP-like Markdown corpus (>= 50 MB, releases with near-duplicates), then:
 - Rust: the full pipeline (read, normalize, chunk, dedup, write) on the whole corpus, wall
-  clock around the process, best of --repeats;
+  clock around the process (parsing its JSON result in Python is timed apart), best of --repeats;
 - Python twin: the same pipeline on a subset of whole specs (--subset-mb), MB/s scaled per MB;
   its chunks.jsonl must equal the binary's on that subset, byte for byte;
 - datasketch: MinHash + MinHashLSH (same shingles, num_perm, bands x rows) on the subset's
@@ -14,7 +14,7 @@ The last line printed is one JSON object.
 
 Scaling mode (`--threads 1,2,4,... --mb 100,800`): the Rust binary alone on a generated corpus
 of each size, with each thread count, best wall clock of --repeats. Prints MB/s per size and
-thread count, the CPU time, the phase timings and the share of the 1-thread run's CPU time spent
+thread count, the CPU time (and its system part: page faults, I/O), the phase timings and the share of the 1-thread run's CPU time spent
 on the calling thread (`timings.serial`: work no other thread shares), then one JSON object:
 - `efficiency_max_threads`: MB/s at the most threads / (most threads x MB/s at 1 thread), on the
   largest corpus (1.0: perfect scaling);
@@ -23,7 +23,11 @@ on the calling thread (`timings.serial`: work no other thread shares), then one 
   on the machine);
 - `amdahl_bound_16_threads`: 1 / (1 + 15 s), s the serial share on the largest corpus: the
   efficiency 16 threads could reach at most if everything else scaled perfectly; a machine with
-  fewer cores cannot measure 16 threads, this says what the serial part alone allows.
+  fewer cores cannot measure 16 threads, this says what the serial part alone allows;
+- `machine_ceiling_max_threads`: as many one-thread runs side by side as the most threads, on
+  the smallest corpus, time alone / time side by side: the efficiency work sharing nothing
+  reaches on this machine (shared caches, memory bandwidth, all-core clocks), and
+  `efficiency_vs_ceiling` the measured efficiency over it.
 `--binary PATH` measures another build (e.g. an older commit's) the same way.
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import math
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,18 +70,26 @@ def run_rust(work: Path, docs: Path, name: str, repeats: int, binary: Path | Non
     binary = binary or rust.ensure_binary()
     best, result = math.inf, {}
     for _ in range(repeats):
-        t, cpu = time.perf_counter(), children_cpu()
-        out = rust.run_binary(binary, path, cfg.timeout_s)
+        t, (user, sys_) = time.perf_counter(), children_cpu()
+        done = subprocess.run([str(binary), str(path)], capture_output=True, text=True, timeout=cfg.timeout_s)
         seconds = time.perf_counter() - t
+        if done.returncode != 0:
+            raise rust.parse_error(done.stderr, done.returncode, path)
+        # Parsing the result (its duplicate clusters) is Python's work, timed apart.
+        t = time.perf_counter()
+        out = json.loads(done.stdout)
+        parse = time.perf_counter() - t
         if seconds < best:
-            best, result = seconds, {**out, "cpu_seconds": children_cpu() - cpu}
+            user2, sys2 = children_cpu()
+            best, result = seconds, {**out, "cpu_seconds": user2 - user + sys2 - sys_,
+                                     "sys_seconds": sys2 - sys_, "parse_seconds": parse}
     return best, result
 
 
-def children_cpu() -> float:
-    """User + system CPU seconds of finished child processes (insensitive to other load)."""
+def children_cpu() -> tuple[float, float]:
+    """User and system CPU seconds of finished child processes (insensitive to other load)."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime, r.ru_stime
 
 
 def kept_chunks(docs: Path, cfg) -> list[dict]:
@@ -172,10 +185,12 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
             serial = f", serial {t['serial']:.3f} s" if "serial" in t else ""
             over = " (more threads than cores)" if n > cores else ""
             print(f"{corpus_bytes / 1e6:7.1f} MB, {n:3d} threads: {mb_s[mb][n]:8.1f} MB/s{over}; "
-                  f"CPU {result['cpu_seconds']:.2f} s; phases (s) {phases}{serial}", flush=True)
+                  f"CPU {result['cpu_seconds']:.2f} s (system {result['sys_seconds']:.2f}); phases (s) {phases}{serial}; "
+                  f"parsing the result in Python {result['parse_seconds']:.2f} s", flush=True)
             outputs.setdefault(mb, set()).add(hashlib.sha256((work / f"{name}.jsonl").read_bytes()).hexdigest())
             (work / f"{name}.jsonl").unlink()
     largest, smallest, most = max(sizes), min(sizes), max(threads)
+    ceiling = machine_ceiling(work, work / f"documents_{smallest:g}mb", most, binary) if most > 1 else None
     one = 1 if 1 in threads else min(threads)
     efficiency = {mb: mb_s[mb][most] / (most / one * mb_s[mb][one]) for mb in sizes}
     for mb in sizes:
@@ -194,7 +209,35 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
         "cpu_s_1_thread": {f"{mb:g}": round(cpu_one[mb], 2) for mb in sizes},
         "amdahl_bound_16_threads": None if share is None else round(1 / (1 + 15 * share), 3),
         "identical_output_across_threads": all(len(h) == 1 for h in outputs.values()),
+        "machine_ceiling_max_threads": None if ceiling is None else round(ceiling, 3),
+        "efficiency_vs_ceiling": None if ceiling is None else round(efficiency[largest] / ceiling, 3),
     }))
+
+
+def machine_ceiling(work: Path, docs: Path, n: int, binary: Path | None) -> float:
+    """What n cores give work that shares nothing: n one-thread runs side by side against one
+    alone (time alone / time side by side). Below 1.0 when the cores slow each other down
+    (shared caches and memory bandwidth, all-core clock below the one-core turbo): no code's
+    n-thread efficiency exceeds it on this machine."""
+    binary = binary or rust.ensure_binary()
+    paths = [write_config(config(docs, work / f"ceiling_{k}.jsonl", threads=1), work / f"ceiling_{k}.yaml")
+             for k in range(n)]
+
+    def side_by_side(count: int) -> float:
+        t = time.perf_counter()
+        procs = [subprocess.Popen([str(binary), str(p)], stdout=subprocess.DEVNULL) for p in paths[:count]]
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("a ceiling run failed")
+        return time.perf_counter() - t
+
+    alone = min(side_by_side(1) for _ in range(2))
+    together = min(side_by_side(n) for _ in range(2))
+    for k in range(n):
+        (work / f"ceiling_{k}.jsonl").unlink(missing_ok=True)
+    ceiling = alone / together
+    print(f"machine ceiling: {n} one-thread runs side by side take {together:.2f} s against {alone:.2f} s "
+          f"for one alone: at most {ceiling:.2f} efficiency at {n} threads here", flush=True)
+    return ceiling
 
 
 def main() -> None:

@@ -40,17 +40,17 @@ def rotl23(x: np.ndarray) -> np.ndarray:
 
 
 def shingles(text: str, k: int) -> np.ndarray:
-    """Sorted distinct hashes of the word k-shingles (one shingle of all words if fewer than k):
-    mix64 of the token hashes combined by x = rotl(x, 23) ^ t."""
+    """The set: sorted distinct h >> 32 (uint32) of the word k-shingle hashes h (one shingle of
+    all words if fewer than k), h = mix64 of the token hashes combined by x = rotl(x, 23) ^ t."""
     th = np.array([token_hash(w) for w in words(text)], dtype=np.uint64)
     if th.size == 0:
-        return th
+        return np.zeros(0, dtype=np.uint32)
     w = min(k, th.size)
     n = th.size - w + 1
     x = np.zeros(n, dtype=np.uint64)
     for j in range(w):
         x = rotl23(x) ^ th[j:j + n]
-    return np.unique(mix64(x))
+    return np.unique((mix64(x) >> np.uint64(32)).astype(np.uint32))
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,10 +66,10 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def signature(shingle_set: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """min over shingles of (a * (h >> 32) + b) mod 2**32 (uint32 arithmetic wraps)."""
+    """min over the set's x of (a * x + b) mod 2**32 (uint32 arithmetic wraps)."""
     if shingle_set.size == 0:
         return np.full(a.size, 0xFFFFFFFF, dtype=np.uint32)
-    x = (shingle_set >> np.uint64(32)).astype(np.uint32)[:, None]
+    x = shingle_set[:, None]
     return (a[None, :] * x + b[None, :]).min(axis=0)
 
 

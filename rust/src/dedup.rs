@@ -29,8 +29,9 @@ pub fn shingle_hash(tokens: &[u64]) -> u64 {
     mix64(tokens.iter().fold(0u64, |x, &t| x.rotate_left(23) ^ t))
 }
 
-/// Hashes of the word k-shingles of a text, in text order (with repeats), into `out`.
-pub fn shingle_hashes(text: &str, k: usize, toks: &mut Vec<u64>, out: &mut Vec<u64>) {
+/// The set elements (`h >> 32` of each shingle hash h) of a text, in text order (with
+/// repeats), into `out`.
+pub fn shingle_hashes(text: &str, k: usize, toks: &mut Vec<u64>, out: &mut Vec<u32>) {
     toks.clear();
     out.clear();
     // token_hash of every word, in one pass over the bytes.
@@ -56,11 +57,11 @@ pub fn shingle_hashes(text: &str, k: usize, toks: &mut Vec<u64>, out: &mut Vec<u
         return;
     }
     let w = k.min(toks.len());
-    out.extend(toks.windows(w).map(shingle_hash));
+    out.extend(toks.windows(w).map(|x| (shingle_hash(x) >> 32) as u32));
 }
 
-/// Sorted, distinct hashes of the word k-shingles of a text.
-pub fn shingles(text: &str, k: usize) -> Vec<u64> {
+/// The set of a text: sorted, distinct `h >> 32` of its word k-shingle hashes.
+pub fn shingles(text: &str, k: usize) -> Vec<u32> {
     let (mut toks, mut out) = (Vec::new(), Vec::new());
     shingle_hashes(text, k, &mut toks, &mut out);
     out.sort_unstable();
@@ -89,10 +90,10 @@ impl Permutations {
         Permutations { a, b }
     }
 
-    /// sig_i = min over shingles of (a_i * (h >> 32) + b_i) mod 2^32. With odd a_i this is a
+    /// sig_i = min over the set of (a_i * x + b_i) mod 2^32. With odd a_i this is a
     /// permutation of 32-bit values; the shingle hashes are already random, and the exact
     /// Jaccard check after LSH keeps precision whatever the permutations' quality.
-    pub fn signature(&self, set: &[u64]) -> Vec<u32> {
+    pub fn signature(&self, set: &[u32]) -> Vec<u32> {
         let mut sig = vec![u32::MAX; self.a.len()];
         #[cfg(target_arch = "x86_64")]
         {
@@ -116,22 +117,20 @@ const BLOCK: usize = 32;
 
 /// Blocks of permutations stay in registers while every shingle passes through them.
 #[inline(always)]
-fn signature_into(a: &[u32], b: &[u32], set: &[u64], sig: &mut [u32]) {
+fn signature_into(a: &[u32], b: &[u32], set: &[u32], sig: &mut [u32]) {
     let full = a.len() / BLOCK * BLOCK;
     for start in (0..full).step_by(BLOCK) {
         let ab: &[u32; BLOCK] = a[start..start + BLOCK].try_into().expect("block");
         let bb: &[u32; BLOCK] = b[start..start + BLOCK].try_into().expect("block");
         let mut acc = [u32::MAX; BLOCK];
-        for &h in set {
-            let x = (h >> 32) as u32;
+        for &x in set {
             for k in 0..BLOCK {
                 acc[k] = acc[k].min(ab[k].wrapping_mul(x).wrapping_add(bb[k]));
             }
         }
         sig[start..start + BLOCK].copy_from_slice(&acc);
     }
-    for &h in set {
-        let x = (h >> 32) as u32;
+    for &x in set {
         for i in full..a.len() {
             sig[i] = sig[i].min(a[i].wrapping_mul(x).wrapping_add(b[i]));
         }
@@ -141,14 +140,14 @@ fn signature_into(a: &[u32], b: &[u32], set: &[u64], sig: &mut [u32]) {
 /// The same loop compiled for AVX-512: 16 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn signature_avx512(a: &[u32], b: &[u32], set: &[u64], sig: &mut [u32]) {
+unsafe fn signature_avx512(a: &[u32], b: &[u32], set: &[u32], sig: &mut [u32]) {
     signature_into(a, b, set, sig)
 }
 
 /// The same loop compiled for AVX2: 8 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn signature_avx2(a: &[u32], b: &[u32], set: &[u64], sig: &mut [u32]) {
+unsafe fn signature_avx2(a: &[u32], b: &[u32], set: &[u32], sig: &mut [u32]) {
     signature_into(a, b, set, sig)
 }
 
@@ -156,7 +155,7 @@ pub fn band_key(band: &[u32]) -> u64 {
     band.iter().fold(0, |h, &v| mix64(h ^ v as u64))
 }
 
-pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
+pub fn jaccard<T: Ord>(a: &[T], b: &[T]) -> f64 {
     let (mut i, mut j, mut inter) = (0, 0, 0usize);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
@@ -188,7 +187,7 @@ fn find(parent: &mut [usize], mut x: usize) -> usize {
 /// `jaccard(a, b) >= threshold` (sorted, distinct sets), stopping as soon as the elements left
 /// cannot reach it. Most LSH candidates are far below the threshold, and their number grows
 /// with the square of the corpus, so this decides the cost of confirmation.
-pub fn jaccard_at_least(a: &[u64], b: &[u64], threshold: f64) -> bool {
+pub fn jaccard_at_least<T: Ord>(a: &[T], b: &[T], threshold: f64) -> bool {
     let total = a.len() + b.len();
     // The same float division as `jaccard`; inter / (total - inter) grows with inter, and so
     // does its rounded value, so "passes" is "inter >= need".
@@ -320,26 +319,27 @@ pub fn near_representatives(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
     let (bands, rows) = (cfg.bands, cfg.num_perm / cfg.bands);
     // One pass per text while it is in cache: its shingle set (sorted, distinct) and its band
     // keys; the signature itself is not kept. An empty set (no words) is not eligible.
-    let (sets, keys): (Vec<Vec<Box<[u64]>>>, Vec<Vec<u64>>) = texts
+    let (sets, keys): (Vec<Vec<Box<[u32]>>>, Vec<Vec<u64>>) = texts
         .par_chunks(KEY_BLOCK)
         .map(|texts| {
-            let mut toks = Vec::new();
+            // The set is built in a reused buffer and copied once at its final size: growing
+            // and shrinking a fresh vector per text touched several times the sets' memory.
+            let (mut toks, mut scratch) = (Vec::new(), Vec::new());
             let mut keys = vec![0u64; texts.len() * bands];
             let sets = texts
                 .iter()
                 .enumerate()
                 .map(|(k, t)| {
-                    let mut set = Vec::new();
-                    shingle_hashes(t, cfg.shingle_size, &mut toks, &mut set);
-                    set.sort_unstable();
-                    set.dedup();
-                    if !set.is_empty() {
-                        let sig = perms.signature(&set);
+                    shingle_hashes(t, cfg.shingle_size, &mut toks, &mut scratch);
+                    scratch.sort_unstable();
+                    scratch.dedup();
+                    if !scratch.is_empty() {
+                        let sig = perms.signature(&scratch);
                         for b in 0..bands {
                             keys[b * texts.len() + k] = band_key(&sig[b * rows..(b + 1) * rows]);
                         }
                     }
-                    set.into_boxed_slice()
+                    Box::<[u32]>::from(scratch.as_slice())
                 })
                 .collect();
             (sets, keys)
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn jaccard_of_sets() {
         assert_eq!(jaccard(&[1, 2, 3], &[2, 3, 4]), 0.5);
-        assert_eq!(jaccard(&[], &[]), 0.0);
+        assert_eq!(jaccard::<u32>(&[], &[]), 0.0);
     }
 
     #[test]
@@ -479,7 +479,7 @@ mod tests {
     fn near_reference(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
         let perms = Permutations::new(cfg.num_perm, cfg.seed);
         let rows = cfg.num_perm / cfg.bands;
-        let sets: Vec<Vec<u64>> = texts.iter().map(|t| shingles(t, cfg.shingle_size)).collect();
+        let sets: Vec<Vec<u32>> = texts.iter().map(|t| shingles(t, cfg.shingle_size)).collect();
         let mut pairs = std::collections::BTreeSet::new();
         for band in 0..cfg.bands {
             let mut buckets: std::collections::HashMap<u64, Vec<usize>> = Default::default();

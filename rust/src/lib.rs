@@ -514,30 +514,36 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
         v.push(b'\n');
     };
     // Batches are serialized in parallel while a writer thread writes the previous batch:
-    // writing overlaps the work instead of following it.
+    // writing overlaps the work instead of following it. The writer hands each written batch
+    // back, so its buffers are filled again instead of fresh memory being touched per batch.
     write_atomic(&cfg.output_path, |f| {
         const BATCH: usize = 8192;
+        const LINES: usize = 64;
         let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+        let (give_back, reuse) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
         std::thread::scope(|scope| {
             let writer = scope.spawn(move || -> std::io::Result<()> {
                 for batch in receive {
-                    for block in batch {
-                        f.write_all(&block)?;
+                    for block in &batch {
+                        f.write_all(block)?;
                     }
+                    let _ = give_back.send(batch);
                 }
                 Ok(())
             });
             for batch in written.chunks(BATCH) {
-                let blocks: Vec<Vec<u8>> = batch
-                    .par_chunks(64)
-                    .map(|lines| {
-                        let mut v = Vec::with_capacity(lines.len() * (cfg.chunk.max_chars + 512));
+                let mut blocks = reuse.try_recv().unwrap_or_default();
+                blocks.resize_with(batch.len().div_ceil(LINES), Vec::new);
+                blocks
+                    .par_iter_mut()
+                    .zip(batch.par_chunks(LINES))
+                    .for_each(|(v, lines)| {
+                        v.clear();
+                        v.reserve(lines.len() * (cfg.chunk.max_chars + 512));
                         for &i in lines {
-                            line(&mut v, i);
+                            line(v, i);
                         }
-                        v
-                    })
-                    .collect();
+                    });
                 if send.send(blocks).is_err() {
                     break; // the writer failed; its error is returned below
                 }

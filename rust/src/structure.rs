@@ -4,8 +4,7 @@
 use regex::Regex;
 use std::sync::OnceLock;
 
-pub const CLAUSE: &str =
-    r"^(?:[1-9][0-9]?(?:\.[0-9]{1,3}){0,5}|[A-Z](?:\.[0-9]{1,3}){1,5}) (?:[A-Z]|[0-9]+[A-Za-z])";
+pub const CLAUSE: &str = r"^(?:[1-9][0-9]?(?:\.[0-9]{1,3}){0,5}|[A-Z](?:\.[0-9]{1,3}){1,5}) (?:[A-Z]|[0-9]+[A-Za-z])";
 pub const ANNEX: &str = r"^Annex [A-Z]{1,2}(?: \([a-z]+\))?(?::|: .+)?$";
 pub const BLOCK: &str = r"^(?:[-*\x{2022}\x{2013}\x{2014}] |\(?(?:[0-9]{1,3}[).>]|[a-z]{1,2}\)|[ivx]{1,5}\)|[A-Z]\)) |(?:NOTE|EXAMPLE)(?: [0-9]{1,2})?:|Editor's note:|(?:Figure|Table) [A-Z0-9][A-Za-z0-9.]*-[0-9]+)";
 pub const BARE_NUMBER: &str = r"^(?:[0-9]{1,2}(?:\.[0-9]{1,3})*|[A-Z](?:\.[0-9]{1,3})+)$";
@@ -33,8 +32,8 @@ pub const BOILERPLATE: [&str; 7] = [
 pub const BODY_START: [&str; 2] = ["foreword", "scope"];
 pub const CONTENTS: [&str; 2] = ["contents", "table of contents"];
 pub const FUNCTION_WORDS: [&str; 29] = [
-    "a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "from", "with", "and", "or", "as", "is", "are",
-    "be", "that", "which", "than", "via", "per", "into", "its", "their", "this", "shall", "may",
+    "a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "from", "with", "and", "or", "as", "is", "are", "be",
+    "that", "which", "than", "via", "per", "into", "its", "their", "this", "shall", "may",
 ];
 pub const MAX_HEADING: usize = 120;
 

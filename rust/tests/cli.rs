@@ -89,7 +89,8 @@ fn printed_layout_gets_sections_and_kinds() {
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("documents");
     std::fs::create_dir_all(&docs).unwrap();
-    let body = "The frobnicator entity shall deliver each packet to\n\nthe lower layer entity when the timer expires.\n\n";
+    let body =
+        "The frobnicator entity shall deliver each packet to\n\nthe lower layer entity when the timer expires.\n\n";
     let text = format!(
         "Frobnicator protocol specification\n\nImportant notice\n\nThe present document may be copied freely by anyone.\n\n\
          Foreword\n\nThis specification was produced by a working group of volunteers.\n\n\
@@ -109,5 +110,8 @@ fn printed_layout_gets_sections_and_kinds() {
     assert!(kinds.contains(&"boilerplate") && kinds.contains(&"body"), "{kinds:?}");
     let last = rows.last().unwrap();
     assert_eq!(last["section_path"], serde_json::json!(["4 General", "4.1 Overview"]));
-    assert!(last["text"].as_str().unwrap().contains("keeps a counter for every configured bearer"));
+    assert!(last["text"]
+        .as_str()
+        .unwrap()
+        .contains("keeps a counter for every configured bearer"));
 }
