@@ -243,6 +243,18 @@ def _apply(fn, item):
     return fn(item)
 
 
+def _wait(ray, refs: dict) -> list:
+    """The refs done within POLL_S. An exception raised by a signal handler (the run's stop
+    request) while Ray's C code waits comes out as a SystemError caused by it: the stop request
+    goes on as itself."""
+    try:
+        return ray.wait(list(refs), num_returns=1, timeout=POLL_S)[0]
+    except SystemError as exc:
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
+
+
 def _lost_worker_errors(ray) -> tuple[type[BaseException], ...]:
     ex = ray.exceptions
     names = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError",
@@ -357,7 +369,7 @@ class RayExecutor(Executor):
     def _drain(ray, refs: dict, submit, cancel) -> Iterator[tuple[int, Any]]:
         lost = _lost_worker_errors(ray)
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+            ready = _wait(ray, refs)
             if cancel is not None and cancel.is_set():
                 return
             for ref in ready:
@@ -375,6 +387,107 @@ class RayExecutor(Executor):
                 if cancel is not None and cancel.is_set():
                     return
             submit()
+
+    # -- one actor per node ------------------------------------------------------------------
+    def node_actors(self, cls: type, *args: Any, max_concurrency: int) -> list[tuple[str, Any]]:
+        """(node id, actor) for one actor of ``cls`` on each alive node with CPUs, pinned there:
+        ``cls(*args)`` runs on that node, so it reaches that node's own servers (a loopback
+        URL, a server it starts itself). It reserves no CPU; ``max_concurrency`` calls run in
+        it at once (threads)."""
+        ray = self._connect()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remote = ray.remote(cls)
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+        return [(node, remote.options(
+            num_cpus=0, max_concurrency=max_concurrency, max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args))
+            for node in nodes]
+
+    def driver_node(self) -> str | None:
+        """The node this process runs on (None where Ray cannot say, through Ray Client)."""
+        ray = self._connect()
+        if (self.opts.address or "").startswith("ray://"):
+            return None
+        try:
+            return ray.get_runtime_context().get_node_id()
+        except Exception:
+            return None
+
+    def call_all(self, actors: list[Any], method: str, *args: Any, timeout_s: float | None = None) -> list[Any]:
+        """``method(*args)`` on every actor, each result or a ``Failed`` (a dead actor, its
+        constructor's error included)."""
+        ray = self._ray
+        refs = [getattr(a, method).remote(*args) for a in actors]
+        out: list[Any] = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=timeout_s))
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                out.append(Failed(_describe(cause) if cause is not None else _describe(exc)))
+            except Exception as exc:  # the actor died (in its constructor too) or did not answer
+                out.append(Failed(_describe(exc), lost_worker=True))
+        return out
+
+    def map_on_actors(self, actors: list[Any], method: str, items: Sized, *, per_actor: int,
+                      total: int | None = None, cancel: threading.Event | None = None) -> Batch:
+        """``actor.method(item)`` for each item on the least busy actor, at most ``per_actor``
+        calls in each and ``total`` in all at once; ``(index, result or Failed)`` as each
+        finishes. A dead actor gets nothing more; once none is left, the items not started are
+        ``Failed(lost_worker=True)``."""
+        ray = self._ray
+        lost = (*_lost_worker_errors(ray), ray.exceptions.RayActorError)
+        load = dict.fromkeys(range(len(actors)), 0)
+        alive = set(load)
+        todo = iter(enumerate(items))
+        refs: dict = {}
+        limit = total or per_actor * len(actors)
+
+        def submit() -> None:
+            while alive and len(refs) < limit and not (cancel is not None and cancel.is_set()):
+                a = min(alive, key=lambda k: (load[k], k))
+                if load[a] >= per_actor:
+                    return
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                refs[getattr(actors[a], method).remote(nxt[1])] = (nxt[0], a)
+                load[a] += 1
+
+        def results() -> Iterator[tuple[int, Any]]:
+            while refs:
+                ready = _wait(ray, refs)
+                if cancel is not None and cancel.is_set():
+                    return
+                for ref in ready:
+                    i, a = refs.pop(ref)
+                    load[a] -= 1
+                    try:
+                        res = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = getattr(exc, "cause", None)
+                        res = Failed(_describe(cause) if cause is not None else _describe(exc))
+                    except lost as exc:
+                        alive.discard(a)
+                        res = Failed(_describe(exc), lost_worker=True)
+                    yield i, res
+                    if cancel is not None and cancel.is_set():
+                        return
+                submit()
+            if not alive and not (cancel is not None and cancel.is_set()):
+                for i, _ in todo:
+                    yield i, Failed("no node of the cluster is left to run it", lost_worker=True)
+
+        submit()
+        return Batch(results(), refs.clear)
+
+    def kill(self, actors: list[Any]) -> None:
+        for a in actors:
+            try:
+                self._ray.kill(a, no_restart=True)
+            except Exception:  # already gone
+                pass
 
     def close(self) -> None:
         if self._ray is not None and self._owns:

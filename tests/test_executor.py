@@ -334,3 +334,130 @@ def test_no_cluster_at_the_address_is_a_stage_error_naming_the_key(tmp_path):
                   "stages=[convert]", "executor=ray", f"executor.address={address}"], env)
     assert out.returncode == 1 and "Traceback" not in out.log, out.log[-3000:]
     assert f"executor.address={address}: cannot connect to Ray" in out.log
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    """extractions.jsonl by chunk, less what differs between any two runs (time taken)."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k != "seconds"}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+    return {r["chunk_id"]: strip(r) for r in map(json.loads, (run_dir / "extractions.jsonl").open())}
+
+
+def extract_args(run_dir: Path, cache: Path, corpus: Path, url: str, *extra: str) -> list[str]:
+    return [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", f"corpus.path={corpus}",
+            "stages=[convert,process,extract]", "service=lmstudio", f"service.base_url={url}/v1",
+            "extraction.max_chunks=12", "extraction.concurrency=2", *extra]
+
+
+@pytest.mark.slow
+@needs_ray
+def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(cluster, tmp_path):
+    from components.documents.sample_corpus import write_sample_corpus
+    from tests.llm_fakes import FakeLMStudio
+
+    class Timed(FakeLMStudio):  # when each chat request ran, for the bound on requests at once
+        spans: list = []
+
+        def handle(self, req):
+            t0 = time.time()
+            out = super().handle(req)
+            if req["path"] == "/v1/chat/completions":
+                self.spans.append((t0, time.time()))
+            return out
+
+    address, env = cluster
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    corpus = write_sample_corpus(tmp_path / "sample")
+    server = Timed(script=[("slow", 0.3)] * 10_000)
+    try:
+        runs = {}
+        for name, extra in [("local", []), ("ray", ["executor=ray", f"executor.address={address}"])]:
+            Timed.spans = []
+            run_dir = tmp_path / name
+            out = runner(extract_args(run_dir, tmp_path / f"cache-{name}", corpus, server.url, *extra), env)
+            assert out.returncode == 0 and "Traceback" not in out.log, out.log[-3000:]
+            runs[name] = run_dir
+            peak = max(sum(a <= t < b for a, b in Timed.spans) for t, _ in Timed.spans)
+            assert peak <= 2, (name, peak)  # extraction.concurrency, from the driver or the cluster
+        local, ray = records(runs["local"]), records(runs["ray"])
+        assert ray == local and len(local) == 12
+        assert sum(r["llm"] is not None for r in ray.values()) >= 6  # the model was asked
+        metrics = json.loads((runs["ray"] / "metrics.json").read_text())
+        assert metrics["extract/nodes"] == 1 and metrics["service/requests"] >= 6
+        # The node's actor runs where the driver runs: its audit rows are in the run directory.
+        audit = [json.loads(line) for line in (runs["ray"] / "audit.jsonl").open()]
+        assert {a.get("chunk_id") for a in audit} >= {c for c, r in ray.items() if r["llm"]}
+    finally:
+        server.close()
+
+
+def asked(partial: Path) -> int:
+    """Records in the partial log that the model answered (a torn last line is not one)."""
+    n = 0
+    for line in partial.read_text().splitlines() if partial.is_file() else []:
+        try:
+            n += json.loads(line).get("llm") is not None
+        except ValueError:
+            pass
+    return n
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_chunk_once(cluster, tmp_path):
+    from components.documents.sample_corpus import write_sample_corpus
+    from tests.llm_fakes import FakeLMStudio
+
+    address, env = cluster
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    corpus = write_sample_corpus(tmp_path / "sample")
+    server = FakeLMStudio(script=[("slow", 1.0)] * 10_000)
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "runner", *extract_args(run_dir, tmp_path / "cache", corpus, server.url,
+                                                            "executor=ray", f"executor.address={address}")]
+    try:
+        p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        partial = run_dir / "extractions.partial.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and asked(partial) < 2:
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        p.send_signal(signal.SIGTERM)
+        log = p.communicate(timeout=60)[0]
+        stopped = time.perf_counter() - t0
+        assert p.returncode == 130, log[-3000:]
+        assert stopped < 10, stopped
+        assert "Traceback" not in log and "Resume with: python -m runner" in log
+        kept = {json.loads(line)["chunk_id"] for line in partial.open()}
+        rerun = runner(args[3:], env)
+        assert rerun.returncode == 0, rerun.log[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["extract/resumed_chunks"] >= len(kept) >= 2  # nothing finished is asked again
+        recs = [json.loads(line) for line in (run_dir / "extractions.jsonl").open()]
+        assert len(recs) == len({r["chunk_id"] for r in recs}) == 12
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+@needs_ray
+def test_extract_on_ray_with_the_real_embedded_server_started_on_the_node(cluster, tmp_path):
+    from components.documents.sample_corpus import write_sample_corpus
+
+    address, env = cluster
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    corpus = write_sample_corpus(tmp_path / "sample")
+    run_dir = tmp_path / "run"
+    out = runner([f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", f"corpus.path={corpus}",
+                  "stages=[convert,process,extract]", "extraction.max_chunks=6", "executor=ray",
+                  f"executor.address={address}"], env)
+    assert out.returncode == 0 and "Traceback" not in out.log, out.log[-3000:]
+    assert "extract: node " in out.log and "service embedded" in out.log
+    recs = records(run_dir)
+    asked = [r for r in recs.values() if r["llm"] is not None]
+    assert asked and all(r["llm"]["model"] for r in asked)  # llama.cpp answered on the node
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["extract/nodes"] == 1 and metrics["service/requests"] >= len(asked)
+    assert (run_dir / "audit.jsonl").is_file()

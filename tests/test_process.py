@@ -318,3 +318,35 @@ def test_auto_engine_prefers_rust_when_cargo_exists(monkeypatch):
     monkeypatch.setattr(rust, "is_up_to_date", lambda crate_dir=rust.CRATE_DIR: False)
     assert resolve_engine("auto") == "python"
     assert resolve_engine("python") == "python"
+
+
+@pytest.mark.parametrize("engine", ["python", "rust"])
+def test_both_engines_report_their_phases_as_they_go(tmp_path, engine, request):
+    from tests.fixtures.synthetic import generate
+
+    binary = request.getfixturevalue("binary") if engine == "rust" else None
+    generate(tmp_path / "documents", 3_000_000)
+    cfg = cfg_for(tmp_path, engine=engine)
+    seen: list[tuple[str, int, int]] = []
+    if engine == "rust":
+        result = rust.run_binary(binary, write_config(cfg, tmp_path / "process.yaml"), 120,
+                                 on_progress=lambda *p: seen.append(p), every_s=0.005)
+    else:
+        result = twin.run(cfg, lambda *p: seen.append(p))
+    phases = list(dict.fromkeys(p for p, _, _ in seen))
+    assert phases == ["documents", "dedup", "write"]
+    docs = [(d, t) for p, d, t in seen if p == "documents"]
+    assert {t for _, t in docs} == {result["documents"]}
+    assert [d for d, _ in docs] == sorted(d for d, _ in docs) and docs[-1][0] == result["documents"]
+    assert {t for p, _, t in seen if p == "write"} == {result["chunks_written"]}
+
+
+def test_the_stage_shows_each_phase_in_plain_lines(tmp_path, binary, caplog):
+    from runner.stages import process as stage
+
+    write_docs(tmp_path, {"38999_r17.md": SPEC_DOC})
+    with caplog.at_level("INFO"):
+        stage.run(make_ctx(tmp_path, engine="rust"))
+    text = caplog.text
+    assert "process: documents (1 documents)" in text and "process: dedup" in text
+    assert text.index("process: documents") < text.index("process: dedup") < text.index("process: write (")

@@ -6,7 +6,7 @@ and a Python twin (the reference). ``process.engine=auto`` picks Rust when cargo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components.processing import rust, twin
 from components.processing.config import ProcessConfig, process_config, write_config
@@ -22,11 +22,13 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def run_processing(cfg: ProcessConfig, config_path: str | Path) -> dict[str, Any]:
-    """Runs the configured engine on the config written at ``config_path``; returns its result."""
+def run_processing(cfg: ProcessConfig, config_path: str | Path,
+                   on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Runs the configured engine on the config written at ``config_path``; returns its result.
+    ``on_progress(phase, done, total)``: documents, dedup, write, as they go."""
     if resolve_engine(cfg.engine) == "rust":
-        return rust.run(Path(config_path), cfg.timeout_s)
-    return twin.run(cfg)
+        return rust.run(Path(config_path), cfg.timeout_s, on_progress=on_progress)
+    return twin.run(cfg, on_progress)
 
 
 def settings(**group: Any) -> ProcessConfig:

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components.processing.errors import ProcessingError
+
+log = logging.getLogger(__name__)
 
 CRATE_DIR = Path(__file__).resolve().parents[2] / "rust"
 BINARY = "ericsson-dataset-pipeline"
@@ -80,18 +84,55 @@ def parse_error(stderr: str, returncode: int, config_path: Path) -> ProcessingEr
     return ProcessingError("crash", f"{BINARY} exited with status {returncode}: {tail}", str(config_path))
 
 
-def run_binary(binary: Path, config_path: Path, timeout_s: float) -> dict[str, Any]:
+def run_binary(binary: Path, config_path: Path, timeout_s: float,
+               on_progress: Callable[[str, int, int], None] | None = None,
+               every_s: float = 1.0) -> dict[str, Any]:
+    """Runs the binary on the config; ``on_progress(phase, done, total)`` gets its progress
+    lines (SPEC.md, "Progress") as they come, every ``every_s``."""
+    env = dict(os.environ, EDP_PROGRESS=str(every_s)) if on_progress else None
+    proc = subprocess.Popen([str(binary), str(config_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    out: list[str] = []
+    errors: list[str] = []
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            if on_progress and line.startswith('{"progress":'):
+                try:
+                    p = json.loads(line)["progress"]
+                    on_progress(p["phase"], int(p["done"]), int(p["total"]))
+                except (ValueError, KeyError, TypeError):
+                    pass
+                except Exception:  # a display problem never fails the run
+                    log.debug("progress display failed", exc_info=True)
+            else:
+                errors.append(line)
+
+    readers = [threading.Thread(target=read_stderr, daemon=True),
+               threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)]
+    for t in readers:
+        t.start()
     try:
-        done = subprocess.run([str(binary), str(config_path)], capture_output=True, text=True, timeout=timeout_s)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.wait()
         raise ProcessingError("timeout", f"{BINARY} ran past process.timeout_s={timeout_s}", str(config_path)) from exc
-    if done.returncode != 0:
-        raise parse_error(done.stderr, done.returncode, config_path)
+    except BaseException:  # a stop request: the binary goes too
+        proc.kill()
+        proc.wait()
+        raise
+    for t in readers:
+        t.join()
+    stdout = out[0] if out else ""
+    if proc.returncode != 0:
+        raise parse_error("".join(errors), proc.returncode, config_path)
     try:
-        return json.loads(done.stdout)
+        return json.loads(stdout)
     except json.JSONDecodeError as exc:
-        raise ProcessingError("crash", f"{BINARY} printed no JSON result: {done.stdout[-500:]!r}", str(config_path)) from exc
+        raise ProcessingError("crash", f"{BINARY} printed no JSON result: {stdout[-500:]!r}", str(config_path)) from exc
 
 
-def run(config_path: Path, timeout_s: float, crate_dir: Path = CRATE_DIR) -> dict[str, Any]:
-    return run_binary(ensure_binary(crate_dir), config_path, timeout_s)
+def run(config_path: Path, timeout_s: float, crate_dir: Path = CRATE_DIR,
+        on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    return run_binary(ensure_binary(crate_dir), config_path, timeout_s, on_progress)

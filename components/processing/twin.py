@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components.processing import chunking, dedup
 from components.processing.config import FilterConfig, ProcessConfig
@@ -45,8 +45,13 @@ def dumps(chunk: dict[str, Any]) -> str:
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
 
 
-def run(cfg: ProcessConfig) -> dict[str, Any]:
+def run(cfg: ProcessConfig, on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """The pipeline; ``on_progress(phase, done, total)`` as the binary's progress lines say."""
     from components.files import atomic_open
+
+    def step(phase: str, done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(phase, done, total)
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -76,7 +81,10 @@ def run(cfg: ProcessConfig) -> dict[str, Any]:
     timings["read"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    normalized = [(doc_id, normalize(text, cfg.normalize)) for doc_id, text in texts]
+    normalized = []
+    for k, (doc_id, text) in enumerate(texts):
+        normalized.append((doc_id, normalize(text, cfg.normalize)))
+        step("documents", k + 1, len(texts))
     timings["normalize"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -85,6 +93,7 @@ def run(cfg: ProcessConfig) -> dict[str, Any]:
     timings["chunk"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    step("dedup", 0, 0)
     bodies = [c["text"] for c in kept]
     exact = dedup.exact_representatives(bodies) if cfg.dedup.exact else list(range(len(kept)))
     unique = [i for i, r in enumerate(exact) if r == i]
@@ -107,9 +116,12 @@ def run(cfg: ProcessConfig) -> dict[str, Any]:
     timings["dedup"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    step("write", 0, len(written))
     with atomic_open(cfg.output_path) as fh:
-        for c in written:
+        for k, c in enumerate(written):
             fh.write(dumps(c) + "\n")
+            if k % 1000 == 999:
+                step("write", k + 1, len(written))
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 

@@ -32,7 +32,7 @@ INPUTS = ["chunks.jsonl"]
 # Converted documents give the glossary and metadata; without them rules see only the chunks.
 OPTIONAL_INPUTS = ["documents"]
 OUTPUTS = ["extractions.jsonl", "glossary.jsonl"]
-CONFIG = ["service", "extraction"]
+CONFIG = ["service", "extraction", "executor"]
 PARTIAL = "extractions.partial.jsonl"
 
 
@@ -54,6 +54,18 @@ def start_service(service: DictConfig, run_dir=None):
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+# Where replies are cached and audited, and how failures are retried or alerted on, change no
+# request: a run with another cache_dir still reuses its records.
+_NOT_ASKING = {"cache", "audit", "alerts", "resilience"}
+
+
+def _asking(service):
+    """The service config less what does not change what is asked."""
+    if isinstance(service, dict):
+        return {k: _asking(v) for k, v in service.items() if k not in _NOT_ASKING}
+    return service
 
 
 def _documents(ctx: StageContext, doc_ids: list[str]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
@@ -117,6 +129,63 @@ def _release(ctx: StageContext, svc, stopping: bool) -> None:
     ctx.resources.release("llm")
 
 
+def _on_cluster(ctx: StageContext, executor, extractor, rows: dict, metas: dict, request_key: str,
+                asks: list[dict], finished, served: dict) -> bool:
+    """The chunks that need the model, on one extraction actor per node (components/llm/cluster);
+    False when a stop request ended it early. ``served`` gets the nodes' merged service
+    metrics and tags."""
+    from components.executor import Failed
+    from components.llm.cluster import NodeExtractor, merge_metrics, merge_tags, node_local
+    from components.llm.extractor import merge
+
+    ex = extractor.cfg
+    build(ctx.cfg.service, "service")  # a wrong key fails here, naming it, before any node starts
+    service = OmegaConf.to_container(ctx.cfg.service, resolve=True)
+    placed = executor.node_actors(NodeExtractor, service, ex, rows, metas, request_key, str(ctx.run_dir),
+                                  executor.driver_node(), executor.opts.shared_fs,
+                                  max_concurrency=ex.concurrency + 1)  # one call more: abort, finish
+    actors, errors = [], []
+    for (node, actor), info in zip(placed, executor.call_all([a for _, a in placed], "ready")):
+        if isinstance(info, Failed):
+            errors.append(info.error)
+            log.warning("extract: node %s cannot serve: %s", node[:12], info.error)
+        else:
+            actors.append(actor)
+            log.info("extract: node %s: service %s, audit in %s", node[:12], info["service"], info["audit_dir"])
+    if not actors:
+        executor.kill([a for _, a in placed])
+        raise StageError(f"extract: no node of the Ray cluster could start the service: "
+                         f"{errors[0] if errors else 'the cluster has no node with CPUs'}")
+    shared = not node_local(service)
+    log.info("extract: %d chunk(s) on %d node(s), at most %d request(s) at once %s", len(asks),
+             len(actors), ex.concurrency if shared else ex.concurrency * len(actors),
+             "(one shared server)" if shared else f"({ex.concurrency} per node's own server)")
+    complete = False
+    try:
+        with executor.map_on_actors(actors, "extract", asks, per_actor=ex.concurrency,
+                                    total=ex.concurrency if shared else None, cancel=ctx.cancel) as batch:
+            for i, res in batch:
+                chunk = asks[i]
+                if isinstance(res, Failed):  # the node went away or the call broke: retried next run
+                    rec = extractor.base(chunk, request_key)
+                    rec.update(status="error", failure="transient", error=res.error[:500])
+                    rec["result"] = merge(rec, ex.extractor)
+                    res = rec
+                finished(chunk, res)
+        complete = not ctx.cancel.is_set()
+    finally:
+        if not complete:
+            n = sum(x for x in executor.call_all(actors, "abort", timeout_s=5) if isinstance(x, int))
+            log.info("extract: stopping: %d request(s) in flight abandoned", n)
+        ends = [e for e in executor.call_all(actors, "finish", timeout_s=60) if not isinstance(e, Failed)]
+        executor.kill([a for _, a in placed])
+        served.update(metrics=merge_metrics([e["metrics"] for e in ends]) if ends else {},
+                      tags=merge_tags([e["tags"] for e in ends]),
+                      retried=sum(e["retried"] for e in ends), fallback=any(e["fallback"] for e in ends),
+                      name=ctx.cfg.service.name, nodes=len(actors))
+    return complete
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     from components.llm import extraction as X
     from components.llm.extractor import ChunkExtractor, chunk_sha, merge, quality
@@ -137,7 +206,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     # Records are only reusable for the same request: extractor, prompt, schema, checks, service.
     asked = ex.model_dump(exclude={"concurrency", "max_chunks", "progress_every_s"})
     request_key = _sha([asked, X.SYSTEM_PROMPT, X._EXAMPLE_OUT, extractor.schema,
-                        OmegaConf.to_container(ctx.cfg.service, resolve=False)
+                        _asking(OmegaConf.to_container(ctx.cfg.service, resolve=False))
                         if ex.extractor != "rules" else None])
     final, partial = ctx.path("extractions.jsonl"), ctx.path(PARTIAL)
     done = reusable([final, partial], request_key, {c["id"]: chunk_sha(c) for c in chunks})
@@ -155,7 +224,10 @@ def run(ctx: StageContext) -> dict[str, float]:
     t0 = time.perf_counter()
     asks = [c for c in todo if extractor.needs_llm(extractor.base(c, request_key))]
     svc = None
-    if asks:
+    executor = ctx.resources.shared("executor", lambda: build(ctx.cfg.executor, "executor")) if asks else None
+    on_cluster = executor is not None and executor.name == "ray"
+    served: dict = {}  # on a cluster: the nodes' service metrics and tags, merged
+    if asks and not on_cluster:
         svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service, ctx.run_dir))
         extractor.service = svc
         info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
@@ -184,8 +256,12 @@ def run(ctx: StageContext) -> dict[str, float]:
                 if c["id"] not in asked:
                     finished(c, extractor(c, request_key))
             else:
-                complete = run_bounded(asks, lambda c: extractor(c, request_key), ex.concurrency,
-                                       ctx.cancel, finished, grace_s=1.0)
+                if on_cluster:
+                    complete = _on_cluster(ctx, executor, extractor, rows, metas, request_key, asks,
+                                           finished, served)
+                else:
+                    complete = run_bounded(asks, lambda c: extractor(c, request_key), ex.concurrency,
+                                           ctx.cancel, finished, grace_s=1.0)
     finally:
         progress.close()
         # Free the server's threads and memory (before training, or on the way out).
@@ -215,26 +291,31 @@ def run(ctx: StageContext) -> dict[str, float]:
     metrics = quality(records, glossaries, {c["id"]: c["text"] for c in chunks})
     new = [done[c["id"]] for c in todo]
     tokens = sum(((r.get("llm") or {}).get("usage") or {}).get("completion_tokens", 0) for r in new)
+    if svc is not None:
+        served = {"metrics": svc.metrics(), "tags": svc.tags(), "retried": svc.requests_retried,
+                  "fallback": svc.fallback is not None, "name": svc.name}
     metrics.update({
         "extract/resumed_chunks": float(resumed),
         "extract/glossary_rows": float(sum(len(r) for r in rows.values())),
-        "extract/fallback_used": float(bool(svc and svc.fallback is not None)),
-        "extract/retried_requests": float(svc.requests_retried if svc else 0),
+        "extract/fallback_used": float(bool(served.get("fallback"))),
+        "extract/retried_requests": float(served.get("retried", 0)),
         "extract/seconds": round(seconds, 3),
         "extract/chunks_per_min": round(60 * len(todo) / seconds, 2) if seconds > 0 and todo else 0.0,
         "extract/completion_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 and tokens else 0.0,
         # Kept for dashboards that predate the split into final/transient failures.
         "extract/errors": float(len(transient)),
         "extract/invalid": float(sum(r["status"] == "invalid" for r in records)),
-        **(svc.metrics() if svc else {}),
+        **served.get("metrics", {}),
     })
-    if svc is not None:
+    if on_cluster:
+        metrics["extract/nodes"] = float(served.get("nodes", 0))
+    if served.get("tags"):
         # What happened after start (fallbacks, breaker opens, alerts) belongs on the run too;
         # service.used stays the service's name, the targets (service/model) get their own tag.
-        tags = svc.tags()
+        tags = dict(served["tags"])
         targets = tags.pop("service.used", "none")
         tags["service.targets"] = targets
         tags["service.used"] = ",".join(sorted({t.split("/")[0] for t in targets.split(",")
-                                                if t != "none"})) or svc.name
+                                                if t != "none"})) or served["name"]
         ctx.tracker.set_tags(tags)
     return metrics

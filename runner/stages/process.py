@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from components.files import write_json
+from components.progress import Progress
 from runner.config import build
 from runner.stage import StageContext, StageError
 
@@ -52,6 +53,31 @@ def metrics(result: dict[str, Any], wall_s: float) -> dict[str, float]:
     return out
 
 
+class Phases:
+    """The engine's progress (documents, dedup, write) as one bar per phase; plain lines when
+    the output is not a terminal."""
+
+    UNITS = {"documents": "documents", "write": "chunks"}
+
+    def __init__(self) -> None:
+        self.phase: str | None = None
+        self.bar: Progress | None = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close()
+            log.info("process: %s%s", phase, f" ({total} {self.UNITS.get(phase, 'steps')})" if total else "")
+            self.phase = phase
+            self.bar = Progress(f"process: {phase}", total or None, unit=self.UNITS.get(phase, "steps")).start()
+        if self.bar is not None and done > self.bar.done:
+            self.bar.advance(done - self.bar.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     from components.processing import ProcessingError, resolve_engine, run_processing, write_config
 
@@ -65,7 +91,11 @@ def run(ctx: StageContext) -> dict[str, float]:
         engine = resolve_engine(cfg.engine)
         log.info("process: %s engine on %s", engine, documents)
         t = time.perf_counter()
-        result = run_processing(cfg, config_path)
+        phases = Phases()
+        try:
+            result = run_processing(cfg, config_path, on_progress=phases)
+        finally:
+            phases.close()
         wall_s = time.perf_counter() - t
     except ProcessingError as exc:
         raise StageError(f"process: {exc}") from exc

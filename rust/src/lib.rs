@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod error;
 pub mod normalize;
 pub mod par;
+pub mod progress;
 pub mod signals;
 pub mod structure;
 
@@ -368,9 +369,14 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
     let t = Instant::now();
     let normalizer = normalize::Normalizer::new(&cfg.normalize);
     let busy = Busy::default();
+    progress::phase("documents", docs.len());
     let done: Vec<(u64, Result<DocOut, (&'static str, String)>)> = docs
         .par_iter()
-        .map(|(_, path)| process_document(path, &normalizer, &cfg.chunk, &busy))
+        .map(|(_, path)| {
+            let out = process_document(path, &normalizer, &cfg.chunk, &busy);
+            progress::advance(1);
+            out
+        })
         .collect();
     let bytes_in: u64 = done.iter().map(|(b, _)| b).sum();
     let mut failures = Vec::new();
@@ -396,6 +402,7 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
     (timings.read, timings.normalize, timings.chunk) = (pass * read / all, pass * norm / all, pass * chunked / all);
 
     // Global order: documents in input order, chunks by index.
+    progress::phase("dedup", 0);
     let t = Instant::now();
     let starts: Vec<usize> = std::iter::once(0)
         .chain(outs.iter().scan(0, |n, o| {
@@ -516,6 +523,7 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
     // Batches are serialized in parallel while a writer thread writes the previous batch:
     // writing overlaps the work instead of following it. The writer hands each written batch
     // back, so its buffers are filled again instead of fresh memory being touched per batch.
+    progress::phase("write", written.len());
     write_atomic(&cfg.output_path, |f| {
         const BATCH: usize = 8192;
         const LINES: usize = 64;
@@ -544,6 +552,7 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
                             line(v, i);
                         }
                     });
+                progress::advance(batch.len());
                 if send.send(blocks).is_err() {
                     break; // the writer failed; its error is returned below
                 }

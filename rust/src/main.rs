@@ -28,6 +28,7 @@ fn fail(f: Failure) -> ExitCode {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    edp::progress::start_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() != 1 || args[0].starts_with('-') {
         return fail(Failure::new(
