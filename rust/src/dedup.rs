@@ -312,6 +312,9 @@ fn band_pairs(keys: &[Vec<u64>], bands: usize, band: usize, eligible: &[bool]) -
     pairs
 }
 
+/// A text's set: sorted, distinct 32-bit shingle values.
+type Set = Box<[u32]>;
+
 /// Near duplicates: union-find components over LSH candidate pairs confirmed by exact Jaccard
 /// of the shingle sets. Returns, for each text, the smallest index in its component.
 pub fn near_representatives(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
@@ -319,7 +322,7 @@ pub fn near_representatives(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
     let (bands, rows) = (cfg.bands, cfg.num_perm / cfg.bands);
     // One pass per text while it is in cache: its shingle set (sorted, distinct) and its band
     // keys; the signature itself is not kept. An empty set (no words) is not eligible.
-    let (sets, keys): (Vec<Vec<Box<[u32]>>>, Vec<Vec<u64>>) = texts
+    let (sets, keys): (Vec<Vec<Set>>, Vec<Vec<u64>>) = texts
         .par_chunks(KEY_BLOCK)
         .map(|texts| {
             // The set is built in a reused buffer and copied once at its final size: growing
@@ -339,7 +342,7 @@ pub fn near_representatives(texts: &[&str], cfg: &DedupConfig) -> Vec<usize> {
                             keys[b * texts.len() + k] = band_key(&sig[b * rows..(b + 1) * rows]);
                         }
                     }
-                    Box::<[u32]>::from(scratch.as_slice())
+                    Set::from(scratch.as_slice())
                 })
                 .collect();
             (sets, keys)

@@ -5,6 +5,7 @@ pub mod config;
 pub mod dedup;
 pub mod error;
 pub mod normalize;
+pub mod output;
 pub mod par;
 pub mod progress;
 pub mod signals;
@@ -12,7 +13,6 @@ pub mod structure;
 
 use rayon::prelude::*;
 use serde::Serialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -190,93 +190,6 @@ fn passes(s: &Signals, f: &config::FilterConfig) -> bool {
         && s.table_density <= f.max_table_density
 }
 
-/// Writes what `fill` produces to a temp file beside `path`, syncs it, then renames it over
-/// `path`: a reader never sees a partial file.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut (dyn Write + Send)) -> std::io::Result<()>) -> Result<(), Failure> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("chunks.jsonl");
-    let tmp = dir.join(format!(".{}.{}.tmp", name, std::process::id()));
-    let io = |e: std::io::Error| Failure::new("output", format!("cannot write output: {e}"), path);
-    let result = (|| {
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let mut f = EarlyWriteback::new(std::fs::File::create(&tmp).map_err(io)?);
-        fill(&mut f).map_err(io)?;
-        let f = f.finish().map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// A buffered file writer that starts the disk writes of each full 8 MiB region as it goes,
-/// so the final sync waits for the last region only instead of the whole file.
-struct EarlyWriteback {
-    out: std::io::BufWriter<std::fs::File>,
-    written: u64,
-    started: u64,
-}
-
-impl EarlyWriteback {
-    const REGION: u64 = 8 << 20;
-
-    fn new(f: std::fs::File) -> Self {
-        EarlyWriteback {
-            out: std::io::BufWriter::with_capacity(1 << 20, f),
-            written: 0,
-            started: 0,
-        }
-    }
-
-    fn finish(self) -> std::io::Result<std::fs::File> {
-        self.out.into_inner().map_err(|e| e.into_error())
-    }
-
-    #[cfg(target_os = "linux")]
-    fn start_writeback(&mut self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        self.out.flush()?;
-        let fd = self.out.get_ref().as_raw_fd();
-        // Safe: a plain system call on an open descriptor. Only a hint: sync_all still decides
-        // durability, so a failure here is not an error.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                self.started as libc::off64_t,
-                (self.written - self.started) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        self.started = self.written;
-        Ok(())
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn start_writeback(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Write for EarlyWriteback {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.started >= Self::REGION {
-            self.start_writeback()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
 /// Busy nanoseconds of all threads per phase of the document pass.
 #[derive(Default)]
 struct Busy {
@@ -346,6 +259,9 @@ fn process_document(
     })
 }
 
+/// Bytes read, and the document's output or its failure (kind, message).
+type DocResult = (u64, Result<DocOut, (&'static str, String)>);
+
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -370,7 +286,7 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
     let normalizer = normalize::Normalizer::new(&cfg.normalize);
     let busy = Busy::default();
     progress::phase("documents", docs.len());
-    let done: Vec<(u64, Result<DocOut, (&'static str, String)>)> = docs
+    let done: Vec<DocResult> = docs
         .par_iter()
         .map(|(_, path)| {
             let out = process_document(path, &normalizer, &cfg.chunk, &busy);
@@ -520,38 +436,49 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
         serde_json::to_writer(&mut *v, &c).expect("chunk serializes");
         v.push(b'\n');
     };
-    // Batches are serialized in parallel while a writer thread writes the previous batch:
-    // writing overlaps the work instead of following it. The writer hands each written batch
-    // back, so its buffers are filled again instead of fresh memory being touched per batch.
-    progress::phase("write", written.len());
-    write_atomic(&cfg.output_path, |f| {
-        const BATCH: usize = 8192;
+    let serialize = |batch: &[usize], blocks: &mut Vec<Vec<u8>>| {
         const LINES: usize = 64;
+        blocks.resize_with(batch.len().div_ceil(LINES), Vec::new);
+        blocks
+            .par_iter_mut()
+            .zip(batch.par_chunks(LINES))
+            .for_each(|(v, lines)| {
+                v.clear();
+                v.reserve(lines.len() * (cfg.chunk.max_chars + 512));
+                for &i in lines {
+                    line(v, i);
+                }
+            });
+    };
+    progress::phase("write", written.len());
+    output::write_atomic(&cfg.output_path, |file| {
+        const BATCH: usize = 8192;
+        let mut out = output::Appender::new(file);
+        if out.parallel() {
+            // Serializing and copying a batch each take every thread, one after the other.
+            let mut blocks = Vec::new();
+            for batch in written.chunks(BATCH) {
+                serialize(batch, &mut blocks);
+                out.append(&blocks)?;
+                progress::advance(batch.len());
+            }
+            return Ok(());
+        }
+        // One writer thread writes a batch while the next is serialized, and hands each
+        // written batch back, so its buffers are filled again instead of fresh memory.
         let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
         let (give_back, reuse) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
         std::thread::scope(|scope| {
             let writer = scope.spawn(move || -> std::io::Result<()> {
                 for batch in receive {
-                    for block in &batch {
-                        f.write_all(block)?;
-                    }
+                    out.append(&batch)?;
                     let _ = give_back.send(batch);
                 }
                 Ok(())
             });
             for batch in written.chunks(BATCH) {
                 let mut blocks = reuse.try_recv().unwrap_or_default();
-                blocks.resize_with(batch.len().div_ceil(LINES), Vec::new);
-                blocks
-                    .par_iter_mut()
-                    .zip(batch.par_chunks(LINES))
-                    .for_each(|(v, lines)| {
-                        v.clear();
-                        v.reserve(lines.len() * (cfg.chunk.max_chars + 512));
-                        for &i in lines {
-                            line(v, i);
-                        }
-                    });
+                serialize(batch, &mut blocks);
                 progress::advance(batch.len());
                 if send.send(blocks).is_err() {
                     break; // the writer failed; its error is returned below

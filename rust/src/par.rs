@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn scatter_keeps_every_item_in_its_bucket() {
-        let items: Vec<u64> = (0..100_000).map(|i| crate::dedup::mix64(i)).collect();
+        let items: Vec<u64> = (0..100_000).map(crate::dedup::mix64).collect();
         let groups = scatter(&[&items[..]], 64, |&h| top_bits(h, 64));
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), items.len());
         for (b, g) in groups.iter().enumerate() {
