@@ -217,8 +217,9 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
 def machine_ceiling(work: Path, docs: Path, n: int, binary: Path | None) -> float:
     """What n cores give work that shares nothing: n one-thread runs side by side against one
     alone (time alone / time side by side). Below 1.0 when the cores slow each other down
-    (shared caches and memory bandwidth, all-core clock below the one-core turbo): no code's
-    n-thread efficiency exceeds it on this machine."""
+    (shared caches and memory bandwidth, all-core clock below the one-core turbo, the kernel's
+    page-cache and page-fault work): a reference for the n-thread efficiency, not a bound (the
+    n runs touch n times the memory one multi-threaded run does)."""
     binary = binary or rust.ensure_binary()
     paths = [write_config(config(docs, work / f"ceiling_{k}.jsonl", threads=1), work / f"ceiling_{k}.yaml")
              for k in range(n)]

@@ -454,16 +454,6 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
     output::write_atomic(&cfg.output_path, |file| {
         const BATCH: usize = 8192;
         let mut out = output::Appender::new(file);
-        if out.parallel() {
-            // Serializing and copying a batch each take every thread, one after the other.
-            let mut blocks = Vec::new();
-            for batch in written.chunks(BATCH) {
-                serialize(batch, &mut blocks);
-                out.append(&blocks)?;
-                progress::advance(batch.len());
-            }
-            return Ok(());
-        }
         // One writer thread writes a batch while the next is serialized, and hands each
         // written batch back, so its buffers are filled again instead of fresh memory.
         let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
