@@ -461,3 +461,27 @@ def test_extract_on_ray_with_the_real_embedded_server_started_on_the_node(cluste
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["extract/nodes"] == 1 and metrics["service/requests"] >= len(asked)
     assert (run_dir / "audit.jsonl").is_file()
+
+
+def test_cluster_helpers_merge_node_metrics_and_tell_node_local_servers():
+    from components.llm.cluster import merge_metrics, merge_tags, node_local
+
+    assert node_local({"name": "embedded"})  # no URL: the server is started where the actor runs
+    assert node_local({"base_url": "http://127.0.0.1:11434"}) and node_local({"base_url": "http://localhost:1234/v1"})
+    assert not node_local({"base_url": "https://gpu-box.lab:8000/v1"})
+    merged = merge_metrics([{"service/requests": 4.0, "service/cache_hit_rate": 0.5, "service/x/latency_p50_s": 1.0},
+                            {"service/requests": 6.0, "service/cache_hit_rate": 0.25, "service/x/latency_p50_s": 3.0}])
+    assert merged == {"service/requests": 10.0, "service/cache_hit_rate": 0.375, "service/x/latency_p50_s": 2.0}
+    tags = merge_tags([{"service.used": "ollama/a", "service.fallback": "false"},
+                       {"service.used": "embedded/b,ollama/a", "service.fallback": "true"},
+                       {"service.used": "none", "service.fallback": "false"}])
+    assert tags == {"service.used": "embedded/b,ollama/a", "service.fallback": "true"}
+
+
+def test_where_replies_are_cached_does_not_change_what_is_asked():
+    from runner.stages.extract import _asking
+
+    a = {"name": "ollama", "model": "m", "cache": {"dir": "/a"}, "fallback": {"name": "embedded", "cache": {"dir": "/a"}}}
+    b = {"name": "ollama", "model": "m", "cache": {"dir": "/b"}, "fallback": {"name": "embedded", "cache": {"dir": "/b"}}}
+    assert _asking(a) == _asking(b)
+    assert _asking(a) != _asking({**a, "model": "other"})
