@@ -181,7 +181,7 @@ def test_missing_inputs_name_the_producing_stage(tmp_path, store):
 def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
     sweep = tmp_path / "sweep"
     out, _ = runner(["-m", "lora.rank=4,8", "lora.iters=4", "lora.steps_per_eval=4",
-                     "evaluate.max_examples=2", f"hydra.sweep.dir={sweep}"],
+                     "evaluate.max_examples=2", "evaluate.mcq_max_questions=2", f"hydra.sweep.dir={sweep}"],
                     {"MLFLOW_TRACKING_URI": store})
     assert out.returncode == 0, out.log[-4000:]
     client = MlflowClient(tracking_uri=store)
