@@ -50,7 +50,8 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, store):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    out, seconds = runner([f"hydra.run.dir={run_dir}"], {"MLFLOW_TRACKING_URI": store})
+    # The whole default pipeline: about 10 minutes on 2 cores, more on a loaded machine.
+    out, seconds = runner([f"hydra.run.dir={run_dir}"], {"MLFLOW_TRACKING_URI": store}, timeout=2400)
     assert out.returncode == 0, out.log[-6000:]
     return run_dir, out, seconds
 
