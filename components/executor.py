@@ -255,12 +255,16 @@ def _wait(ray, refs: dict) -> list:
         raise
 
 
-def _lost_worker_errors(ray) -> tuple[type[BaseException], ...]:
-    ex = ray.exceptions
-    names = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError",
-             "LocalRayletDiedError", "RaySystemError", "TaskUnschedulableError",
-             "ObjectStoreFullError", "ReferenceCountingAssertionError")
-    return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+def _result(ray, ref, timeout_s: float | None = None) -> Any:
+    """A task's or actor call's result, or a ``Failed``: the function's own error, or
+    (``lost_worker``) a worker, actor or node that died, or no answer within ``timeout_s``."""
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.RayTaskError as exc:  # the function raised: its error
+        cause = getattr(exc, "cause", None)
+        return Failed(_describe(cause if cause is not None else exc))
+    except ray.exceptions.RayError as exc:
+        return Failed(_describe(exc), lost_worker=True)
 
 
 class RayExecutor(Executor):
@@ -367,23 +371,12 @@ class RayExecutor(Executor):
 
     @staticmethod
     def _drain(ray, refs: dict, submit, cancel) -> Iterator[tuple[int, Any]]:
-        lost = _lost_worker_errors(ray)
         while refs:
             ready = _wait(ray, refs)
             if cancel is not None and cancel.is_set():
                 return
             for ref in ready:
-                i = refs.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the function raised: its error
-                    cause = getattr(exc, "cause", None)
-                    res = Failed(_describe(cause) if cause is not None else _describe(exc))
-                except lost as exc:
-                    res = Failed(_describe(exc), lost_worker=True)
-                except ray.exceptions.RayError as exc:
-                    res = Failed(_describe(exc), lost_worker=True)
-                yield i, res
+                yield refs.pop(ref), _result(ray, ref)
                 if cancel is not None and cancel.is_set():
                     return
             submit()
@@ -417,18 +410,8 @@ class RayExecutor(Executor):
     def call_all(self, actors: list[Any], method: str, *args: Any, timeout_s: float | None = None) -> list[Any]:
         """``method(*args)`` on every actor, each result or a ``Failed`` (a dead actor, its
         constructor's error included)."""
-        ray = self._ray
         refs = [getattr(a, method).remote(*args) for a in actors]
-        out: list[Any] = []
-        for ref in refs:
-            try:
-                out.append(ray.get(ref, timeout=timeout_s))
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                out.append(Failed(_describe(cause) if cause is not None else _describe(exc)))
-            except Exception as exc:  # the actor died (in its constructor too) or did not answer
-                out.append(Failed(_describe(exc), lost_worker=True))
-        return out
+        return [_result(self._ray, ref, timeout_s) for ref in refs]
 
     def map_on_actors(self, actors: list[Any], method: str, items: Sized, *, per_actor: int,
                       total: int | None = None, cancel: threading.Event | None = None) -> Batch:
@@ -437,7 +420,6 @@ class RayExecutor(Executor):
         finishes. A dead actor gets nothing more; once none is left, the items not started are
         ``Failed(lost_worker=True)``."""
         ray = self._ray
-        lost = (*_lost_worker_errors(ray), ray.exceptions.RayActorError)
         load = dict.fromkeys(range(len(actors)), 0)
         alive = set(load)
         todo = iter(enumerate(items))
@@ -463,14 +445,9 @@ class RayExecutor(Executor):
                 for ref in ready:
                     i, a = refs.pop(ref)
                     load[a] -= 1
-                    try:
-                        res = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = getattr(exc, "cause", None)
-                        res = Failed(_describe(cause) if cause is not None else _describe(exc))
-                    except lost as exc:
+                    res = _result(ray, ref)
+                    if isinstance(res, Failed) and res.lost_worker:
                         alive.discard(a)
-                        res = Failed(_describe(exc), lost_worker=True)
                     yield i, res
                     if cancel is not None and cancel.is_set():
                         return

@@ -170,6 +170,13 @@ def cluster():
         yield address, dict(env, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
+@pytest.fixture
+def on_cluster(cluster, tmp_path):
+    """(address, environment) for a runner on the cluster, with its own MLflow store."""
+    address, env = cluster
+    return address, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
 DRIVER = r'''
 import json, os, sys, threading, time
 from pathlib import Path
@@ -273,11 +280,10 @@ def tree(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @needs_ray
-def test_convert_on_ray_writes_the_same_documents_and_errors_as_local(cluster, tmp_path):
+def test_convert_on_ray_writes_the_same_documents_and_errors_as_local(on_cluster, tmp_path):
     from components.documents.sample_corpus import write_sample_corpus
 
-    address, env = cluster
-    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    address, env = on_cluster
     corpus = write_sample_corpus(tmp_path / "sample")
     with zipfile.ZipFile(corpus / "broken-spec.docx", "w") as zf:  # passes the precheck, fails in Docling
         zf.writestr("[Content_Types].xml", "<Types/>")
@@ -309,11 +315,10 @@ def test_convert_on_ray_writes_the_same_documents_and_errors_as_local(cluster, t
 
 @pytest.mark.slow
 @needs_ray
-def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothing(cluster, tmp_path):
+def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothing(on_cluster, tmp_path):
     from tests.fixtures.interrupt import interrupt_convert
 
-    address, env = cluster
-    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    address, env = on_cluster
     r = interrupt_convert(tmp_path, env, signal.SIGTERM, "executor=ray", f"executor.address={address}")
     assert r.returncode == 130, r.log[-3000:]
     assert r.stop_seconds < 10, r.stop_seconds
@@ -353,7 +358,7 @@ def extract_args(run_dir: Path, cache: Path, corpus: Path, url: str, *extra: str
 
 @pytest.mark.slow
 @needs_ray
-def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(cluster, tmp_path):
+def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(on_cluster, tmp_path):
     from components.documents.sample_corpus import write_sample_corpus
     from tests.llm_fakes import FakeLMStudio
 
@@ -367,8 +372,7 @@ def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(c
                 self.spans.append((t0, time.time()))
             return out
 
-    address, env = cluster
-    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    address, env = on_cluster
     corpus = write_sample_corpus(tmp_path / "sample")
     server = Timed(script=[("slow", 0.3)] * 10_000)
     try:
@@ -406,12 +410,11 @@ def asked(partial: Path) -> int:
 
 @pytest.mark.slow
 @needs_ray
-def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_chunk_once(cluster, tmp_path):
+def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_chunk_once(on_cluster, tmp_path):
     from components.documents.sample_corpus import write_sample_corpus
     from tests.llm_fakes import FakeLMStudio
 
-    address, env = cluster
-    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    address, env = on_cluster
     corpus = write_sample_corpus(tmp_path / "sample")
     server = FakeLMStudio(script=[("slow", 1.0)] * 10_000)
     run_dir = tmp_path / "run"
@@ -443,11 +446,10 @@ def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_c
 
 @pytest.mark.slow
 @needs_ray
-def test_extract_on_ray_with_the_real_embedded_server_started_on_the_node(cluster, tmp_path):
+def test_extract_on_ray_with_the_real_embedded_server_started_on_the_node(on_cluster, tmp_path):
     from components.documents.sample_corpus import write_sample_corpus
 
-    address, env = cluster
-    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    address, env = on_cluster
     corpus = write_sample_corpus(tmp_path / "sample")
     run_dir = tmp_path / "run"
     out = runner([f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", f"corpus.path={corpus}",
