@@ -27,7 +27,15 @@ on the calling thread (`timings.serial`: work no other thread shares), then one 
 - `machine_ceiling_max_threads`: as many one-thread runs side by side as the most threads, on
   the smallest corpus, time alone / time side by side: the efficiency work sharing nothing
   reaches on this machine (shared caches, memory bandwidth, all-core clocks), and
-  `efficiency_vs_ceiling` the measured efficiency over it.
+  `efficiency_vs_ceiling` the measured efficiency over it;
+- `alu_ceiling_max_threads`: the same for a cache-resident arithmetic loop (no memory, no I/O):
+  what the cores give when all are busy (all-core clock, a host shared with other VMs). No
+  program measured against its own one-thread run exceeds it by much;
+- `phase_efficiency_max_threads`: the same efficiency per phase of the binary's own timings
+  (normalize, chunk, dedup, write) on the largest corpus: which phase falls short;
+- `physical_cores` (cores, not SMT threads; None where unknown) and
+  `efficiency_physical_cores`: the efficiency at that many threads when it was measured. A
+  "16-core" VM may be 8 cores with 2 threads each, where 16 threads cannot reach 16x.
 `--binary PATH` measures another build (e.g. an older commit's) the same way.
 """
 from __future__ import annotations
@@ -75,7 +83,8 @@ def run_rust(work: Path, docs: Path, name: str, repeats: int, binary: Path | Non
         seconds = time.perf_counter() - t
         if done.returncode != 0:
             raise rust.parse_error(done.stderr, done.returncode, path)
-        # Parsing the result (its duplicate clusters) is Python's work, timed apart.
+        # Parsing the result is Python's work, timed apart (it held the duplicate clusters
+        # before SPEC version 4, the largest part of an older binary's output).
         t = time.perf_counter()
         out = json.loads(done.stdout)
         parse = time.perf_counter() - t
@@ -160,6 +169,7 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
     print(f"scaling: sizes {sizes} MB, threads {threads}, {cores} cores here, best of {repeats}", flush=True)
     mb_s: dict[float, dict[int, float]] = {}
     serial_share: dict[float, float] = {}
+    phase_s: dict[float, dict[int, dict[str, float]]] = {}
     cpu_one: dict[float, float] = {}
     sizes_bytes: dict[float, int] = {}
     outputs: dict[float, set[str]] = {}
@@ -177,6 +187,7 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
             seconds, result = run_rust(work, docs, name, repeats, binary, threads=n)
             mb_s[mb][n] = corpus_bytes / 1e6 / seconds
             t = result["timings"]
+            phase_s.setdefault(mb, {})[n] = t
             if n == min(threads):
                 cpu_one[mb] = result["cpu_seconds"]
             if n == 1 and "serial" in t:
@@ -191,12 +202,18 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
             (work / f"{name}.jsonl").unlink()
     largest, smallest, most = max(sizes), min(sizes), max(threads)
     ceiling = machine_ceiling(work, work / f"documents_{smallest:g}mb", most, binary) if most > 1 else None
+    alu = alu_ceiling(most) if most > 1 else None
     one = 1 if 1 in threads else min(threads)
     efficiency = {mb: mb_s[mb][most] / (most / one * mb_s[mb][one]) for mb in sizes}
     for mb in sizes:
         print(f"{mb:g} MB: efficiency at {most} threads {efficiency[mb]:.2f}", flush=True)
     growth = mb_s[smallest][one] / mb_s[largest][one]
     share = serial_share.get(largest)
+    by_phase = {k: round(phase_s[largest][one][k] / (most / one * max(phase_s[largest][most][k], 1e-9)), 3)
+                for k in ("normalize", "chunk", "dedup", "write")}
+    physical = physical_cores()
+    print(f"{largest:g} MB: efficiency per phase at {most} threads {by_phase}; {physical} physical cores",
+          flush=True)
     print(json.dumps({
         "efficiency_max_threads": round(efficiency[largest], 3),
         "cost_growth": round(growth, 3),
@@ -211,7 +228,52 @@ def scaling(work: Path, sizes: list[float], threads: list[int], repeats: int, bi
         "identical_output_across_threads": all(len(h) == 1 for h in outputs.values()),
         "machine_ceiling_max_threads": None if ceiling is None else round(ceiling, 3),
         "efficiency_vs_ceiling": None if ceiling is None else round(efficiency[largest] / ceiling, 3),
+        "alu_ceiling_max_threads": None if alu is None else round(alu, 3),
+        "phase_efficiency_max_threads": by_phase,
+        "physical_cores": physical,
+        "efficiency_physical_cores": round(mb_s[largest][physical] / (physical / one * mb_s[largest][one]), 3)
+        if physical in mb_s[largest] and physical > one else None,
     }))
+
+
+ALU_LOOP = "x = 0\nfor i in range(8_000_000):\n    x += i * i"
+
+
+def alu_ceiling(n: int) -> float:
+    """n copies of an arithmetic loop side by side against one alone (time alone / together)."""
+    def side_by_side(count: int) -> float:
+        t = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", ALU_LOOP]) for _ in range(count)]
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("an arithmetic-loop run failed")
+        return time.perf_counter() - t
+
+    alone = min(side_by_side(1) for _ in range(3))
+    together = min(side_by_side(n) for _ in range(2))
+    print(f"arithmetic ceiling: {n} loops side by side take {together:.2f} s against {alone:.2f} s alone: "
+          f"{alone / together:.2f}", flush=True)
+    return alone / together
+
+
+def physical_cores() -> int | None:
+    """Cores, not SMT threads: distinct (package, core) pairs on Linux, hw.physicalcpu on macOS."""
+    try:
+        pairs, package = set(), None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                package = value.strip()
+            elif key.strip() == "core id":
+                pairs.add((package, value.strip()))
+        if pairs:
+            return len(pairs)
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.physicalcpu"], capture_output=True, text=True, timeout=5)
+        return int(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def machine_ceiling(work: Path, docs: Path, n: int, binary: Path | None) -> float:
@@ -290,7 +352,7 @@ def main() -> None:
     sub_py = twin.run(cfg)
     python_mb_s = size / 1e6 / (time.perf_counter() - t)
     identical = filecmp.cmp(work / "rust_subset.jsonl", work / "python_subset.jsonl", shallow=False) \
-        and sub_rust["clusters"] == sub_py["clusters"]
+        and filecmp.cmp(work / "rust_subset.clusters.jsonl", work / "python_subset.clusters.jsonl", shallow=False)
     print(f"python twin on the subset: {python_mb_s:.2f} MB/s; same output as rust: {identical}", flush=True)
 
     ds_s = datasketch_seconds(kept_chunks(subset, cfg), cfg)
@@ -301,7 +363,7 @@ def main() -> None:
     t = time.perf_counter()
     pairs = true_pairs(kept_chunks(docs, full_cfg), full_cfg.dedup.shingle_size, full_cfg.dedup.threshold)
     root: dict[str, str] = {}
-    for c in rust_result["clusters"]:
+    for c in map(json.loads, (work / "rust_full.clusters.jsonl").read_text(encoding="utf-8").splitlines()):
         if c["kind"] == "near":
             for dup in c["duplicates"]:
                 root[dup] = c["kept"]

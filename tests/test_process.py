@@ -273,7 +273,7 @@ def test_stage_writes_chunks_result_and_metrics(tmp_path, engine, request):
     write_docs(tmp_path, {"38999_r17.md": SPEC_DOC, "38999_r18.md": release18})
     metrics = stage.run(make_ctx(tmp_path, engine=engine))
 
-    assert stage.INPUTS == ["documents"] and stage.OUTPUTS == ["chunks.jsonl"] and stage.CONFIG == ["process"]
+    assert stage.INPUTS == ["documents"] and stage.OUTPUTS == ["chunks.jsonl", "chunks.clusters.jsonl"] and stage.CONFIG == ["process"]
     rows = [json.loads(line) for line in (tmp_path / "chunks.jsonl").read_text().splitlines()]
     assert rows and all({"id", "doc_id", "heading", "section_path", "text", "complexity", "start", "end"} <= r.keys()
                         for r in rows)
@@ -285,6 +285,11 @@ def test_stage_writes_chunks_result_and_metrics(tmp_path, engine, request):
         assert f"process/{phase}_seconds" in metrics
     result = json.loads((tmp_path / "process_result.json").read_text())
     assert result["engine"] == engine and result["chunks_written"] == len(rows)
+    clusters = [json.loads(line) for line in (tmp_path / "chunks.clusters.jsonl").read_text().splitlines()]
+    assert len(clusters) == result["duplicate_clusters"] == metrics["process/duplicate_clusters"] >= 1
+    removed = sum(len(c["duplicates"]) for c in clusters)
+    assert removed == metrics["process/exact_duplicates"] + metrics["process/near_duplicates"]
+    assert all(c["kept"] in {r["id"] for r in rows} and c["kind"] in ("exact", "near") for c in clusters)
     written = yaml.safe_load((tmp_path / "process.yaml").read_text())
     assert written["input_dir"] == str((tmp_path / "documents").resolve())
     headings = {r["heading"] for r in rows}

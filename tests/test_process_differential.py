@@ -15,7 +15,12 @@ from tests.fixtures.synthetic import generate
 from tests.test_process import SPEC_DOC, binary, cfg_for, write_docs  # noqa: F401 (fixture)
 
 DETERMINISTIC = ("documents", "documents_failed", "bytes_in", "chunks_total", "chunks_filtered",
-                 "exact_duplicates", "near_duplicates", "chunks_written", "clusters")
+                 "exact_duplicates", "near_duplicates", "chunks_written", "duplicate_clusters", "clusters")
+
+
+def with_clusters(result: dict, cfg) -> dict:
+    """The result with its clusters file's lines under ``clusters``."""
+    return {**result, "clusters": Path(cfg.clusters_path).read_text(encoding="utf-8").splitlines()}
 
 
 def both(root: Path, **overrides) -> tuple[dict, dict, bytes, bytes]:
@@ -24,7 +29,7 @@ def both(root: Path, **overrides) -> tuple[dict, dict, bytes, bytes]:
         cfg = cfg_for(root, engine=engine, **overrides).model_copy(
             update={"output_path": str(root / f"chunks_{engine}.jsonl")})
         path = write_config(cfg, root / f"process_{engine}.yaml")
-        results[engine] = rust.run(path, 120) if engine == "rust" else twin.run(cfg)
+        results[engine] = with_clusters(rust.run(path, 120) if engine == "rust" else twin.run(cfg), cfg)
         outputs[engine] = Path(cfg.output_path).read_bytes()
     return results["rust"], results["python"], outputs["rust"], outputs["python"]
 
@@ -81,8 +86,8 @@ def test_thread_count_does_not_change_output(fixture_corpus, binary):
     for threads in (1, 2, 4):
         cfg = cfg_for(fixture_corpus, threads=threads)
         rust.run(write_config(cfg, fixture_corpus / "p.yaml"), 60)
-        outs.append(Path(cfg.output_path).read_bytes())
-    assert outs[0] and outs[0] == outs[1] == outs[2]
+        outs.append((Path(cfg.output_path).read_bytes(), Path(cfg.clusters_path).read_bytes()))
+    assert outs[0][0] and outs[0][1] and outs[0] == outs[1] == outs[2]
 
 
 words = st.sampled_from(["UE", "gNB", "shall", "the", "timer", "T310", "NG-RAN", "(SDAP).", "été", "中文",

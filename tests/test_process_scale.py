@@ -12,7 +12,7 @@ import pytest
 from components.processing import rust, write_config
 from tests.fixtures.synthetic import generate
 from tests.test_process import binary, cfg_for  # noqa: F401 (fixture)
-from tests.test_process_differential import DETERMINISTIC
+from tests.test_process_differential import DETERMINISTIC, with_clusters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_many_buckets_same_output_for_any_thread_count(tmp_path, binary):
     for threads in (1, 2, 4):
         cfg = cfg_for(tmp_path, threads=threads).model_copy(
             update={"output_path": str(tmp_path / f"chunks_{threads}.jsonl")})
-        results.append(rust.run(write_config(cfg, tmp_path / f"p{threads}.yaml"), 300))
+        results.append(with_clusters(rust.run(write_config(cfg, tmp_path / f"p{threads}.yaml"), 300), cfg))
         outputs.append(Path(cfg.output_path).read_bytes())
     assert results[0]["chunks_total"] > 10_000
     assert results[0]["exact_duplicates"] > 1000 and results[0]["near_duplicates"] > 100

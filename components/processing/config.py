@@ -77,6 +77,12 @@ class ProcessConfig(_Strict):
     dedup: DedupConfig
     filters: FilterConfig
 
+    @property
+    def clusters_path(self) -> str:
+        """The duplicate clusters' file: ``output_path`` with its extension replaced by
+        ``clusters.jsonl`` (rust/SPEC.md, "Output")."""
+        return str(Path(self.output_path).with_suffix(".clusters.jsonl"))
+
 
 def process_config(group: Mapping[str, Any], input_dir: str | PathLike | None = None,
                    output_path: str | PathLike | None = None, source: str = "process config") -> ProcessConfig:

@@ -40,9 +40,9 @@ def chunk_document(doc_id: str, text: str, cfg: ProcessConfig) -> list[dict[str,
     return out
 
 
-def dumps(chunk: dict[str, Any]) -> str:
-    """The chunks.jsonl line format; serde_json writes the same bytes."""
-    return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+def dumps(obj: dict[str, Any]) -> str:
+    """The line format of chunks.jsonl and the clusters file; serde_json writes the same bytes."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def run(cfg: ProcessConfig, on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
@@ -122,6 +122,8 @@ def run(cfg: ProcessConfig, on_progress: Callable[[str, int, int], None] | None 
             fh.write(dumps(c) + "\n")
             if k % 1000 == 999:
                 step("write", k + 1, len(written))
+    with atomic_open(cfg.clusters_path) as fh:
+        fh.writelines(dumps(c) + "\n" for c in clusters)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -136,7 +138,7 @@ def run(cfg: ProcessConfig, on_progress: Callable[[str, int, int], None] | None 
         "exact_duplicates": sum(map(len, exact_groups.values())),
         "near_duplicates": sum(map(len, near_groups.values())),
         "chunks_written": len(written),
-        "clusters": clusters,
+        "duplicate_clusters": len(clusters),
         "timings": timings,
         "mb_per_s": bytes_in / 1e6 / max(timings["total"], 1e-9),
     }

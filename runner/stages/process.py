@@ -1,8 +1,10 @@
 """process: ``documents/*.md`` -> ``chunks.jsonl`` (normalize, chunk, dedup; rust/SPEC.md).
 
 Runs the Rust binary ``ericsson-dataset-pipeline`` or its Python twin (``process.engine``);
-both write the same bytes. The validated config goes to ``process.yaml`` for the binary and the
-engine's result (counts, duplicate clusters, phase timings) to ``process_result.json``.
+both write the same bytes: the chunks, and the duplicate clusters (what each dedup removed, in
+favour of which chunk) to ``chunks.clusters.jsonl``. The validated config goes to
+``process.yaml`` for the binary and the engine's result (counts, phase timings) to
+``process_result.json``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from runner.stage import StageContext, StageError
 log = logging.getLogger(__name__)
 
 INPUTS = ["documents"]
-OUTPUTS = ["chunks.jsonl"]
+OUTPUTS = ["chunks.jsonl", "chunks.clusters.jsonl"]
 CONFIG = ["process"]
 
 
@@ -48,7 +50,7 @@ def metrics(result: dict[str, Any], wall_s: float) -> dict[str, float]:
         "process/chunks": float(result["chunks_written"]),
         "process/exact_duplicates": float(result["exact_duplicates"]),
         "process/near_duplicates": float(result["near_duplicates"]),
-        "process/duplicate_clusters": float(len(result["clusters"])),
+        "process/duplicate_clusters": float(result["duplicate_clusters"]),
     })
     return out
 

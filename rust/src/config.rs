@@ -60,6 +60,12 @@ pub struct FilterConfig {
 }
 
 impl Config {
+    /// The duplicate clusters' file: `output_path` with its extension replaced by
+    /// `clusters.jsonl` (SPEC.md, "Output").
+    pub fn clusters_path(&self) -> PathBuf {
+        self.output_path.with_extension("clusters.jsonl")
+    }
+
     pub fn load(path: &Path) -> Result<Config, Failure> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::new("config", format!("cannot read config: {e}"), path))?;

@@ -96,37 +96,21 @@ pub struct ProcessResult {
     pub exact_duplicates: usize,
     pub near_duplicates: usize,
     pub chunks_written: usize,
-    /// The clusters as JSON: batches of comma-separated Cluster objects, serialized in
-    /// parallel (at corpus scale they are most of the result); `to_json` puts them in place.
-    #[serde(skip)]
-    pub clusters: Vec<String>,
+    /// Lines of the clusters file (SPEC.md, "Output").
+    pub duplicate_clusters: usize,
     pub timings: Timings,
     pub mb_per_s: f64,
 }
 
 impl ProcessResult {
-    /// The result as one JSON object, `clusters` before `timings` (SPEC.md, "Output").
     pub fn to_json(&self) -> String {
-        let rest = serde_json::to_string(self).expect("result serializes");
-        let at = rest.rfind(",\"timings\":").expect("timings key");
-        let batches: Vec<&str> = self
-            .clusters
-            .iter()
-            .map(String::as_str)
-            .filter(|b| !b.is_empty())
-            .collect();
-        let mut out = String::with_capacity(rest.len() + batches.iter().map(|b| b.len() + 1).sum::<usize>() + 16);
-        out.push_str(&rest[..at]);
-        out.push_str(",\"clusters\":[");
-        out.push_str(&batches.join(","));
-        out.push(']');
-        out.push_str(&rest[at..]);
-        out
+        serde_json::to_string(self).expect("result serializes")
     }
 }
 
-/// Serializes the clusters of sorted `(kept << 32 | duplicate)` pairs in parallel batches.
-fn cluster_batches(kind: &'static str, pairs: &[u64], id: &(impl Fn(usize) -> String + Sync)) -> Vec<String> {
+/// The clusters of sorted `(kept << 32 | duplicate)` pairs as JSON lines, serialized in
+/// parallel batches, and their number.
+fn cluster_lines(kind: &'static str, pairs: &[u64], id: &(impl Fn(usize) -> String + Sync)) -> (Vec<Vec<u8>>, usize) {
     // Batch bounds moved forward to a cluster's start, so no cluster is split.
     let parts = 256.min(pairs.len().max(1));
     let mut bounds: Vec<usize> = (0..=parts).map(|k| k * pairs.len() / parts).collect();
@@ -137,24 +121,26 @@ fn cluster_batches(kind: &'static str, pairs: &[u64], id: &(impl Fn(usize) -> St
         }
         bounds[k] = b;
     }
-    bounds
+    let batches: Vec<(Vec<u8>, usize)> = bounds
         .par_windows(2)
         .map(|w| {
-            let mut out = String::new();
+            let mut out = Vec::new();
+            let mut n = 0;
             for group in pairs[w[0]..w[1]].chunk_by(|a, b| a >> 32 == b >> 32) {
                 let c = Cluster {
                     kind,
                     kept: id((group[0] >> 32) as usize),
                     duplicates: group.iter().map(|&p| id((p & 0xFFFF_FFFF) as usize)).collect(),
                 };
-                if !out.is_empty() {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(&c).expect("cluster serializes"));
+                serde_json::to_writer(&mut out, &c).expect("cluster serializes");
+                out.push(b'\n');
+                n += 1;
             }
-            out
+            (out, n)
         })
-        .collect()
+        .collect();
+    let n = batches.iter().map(|b| b.1).sum();
+    (batches.into_iter().map(|b| b.0).collect(), n)
 }
 
 /// The documents to read: `<input_dir>/*.md`, sorted by doc id (the file stem).
@@ -408,8 +394,9 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
             })
             .collect(),
     );
-    let mut clusters = cluster_batches("exact", &exact_pairs, &id);
-    clusters.extend(cluster_batches("near", &near_pairs, &id));
+    let (mut clusters, exact_clusters) = cluster_lines("exact", &exact_pairs, &id);
+    let (near_lines, near_clusters) = cluster_lines("near", &near_pairs, &id);
+    clusters.extend(near_lines);
     let written: Vec<usize> = {
         let keep = par::filter_indices(unique.len(), |k| near[k] == unique[k]);
         keep.into_par_iter().map(|k| unique[k]).collect()
@@ -451,38 +438,49 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
             });
     };
     progress::phase("write", written.len());
-    output::write_atomic(&cfg.output_path, |file| {
-        const BATCH: usize = 8192;
-        let mut out = output::Appender::new(file);
-        // One writer thread writes a batch while the next is serialized, and hands each
-        // written batch back, so its buffers are filled again instead of fresh memory.
-        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
-        let (give_back, reuse) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
-        std::thread::scope(|scope| {
-            let writer = scope.spawn(move || -> std::io::Result<()> {
-                for batch in receive {
-                    out.append(&batch)?;
-                    let _ = give_back.send(batch);
-                }
-                Ok(())
-            });
-            for batch in written.chunks(BATCH) {
-                let mut blocks = reuse.try_recv().unwrap_or_default();
-                serialize(batch, &mut blocks);
-                progress::advance(batch.len());
-                if send.send(blocks).is_err() {
-                    break; // the writer failed; its error is returned below
-                }
-            }
-            drop(send);
-            writer.join().expect("writer thread")
-        })
-    })?;
+    // The clusters go to their own file from a thread of their own: two files are written
+    // side by side, where one file's writes would take turns on its lock.
+    let (chunks_file, clusters_file) = std::thread::scope(|scope| {
+        let clusters_writer =
+            scope.spawn(|| output::write_atomic(&cfg.clusters_path(), |f| output::Appender::new(f).append(&clusters)));
+        let write_chunks = || {
+            output::write_atomic(&cfg.output_path, |file| {
+                const BATCH: usize = 8192;
+                let mut out = output::Appender::new(file);
+                // One writer thread writes a batch while the next is serialized, and hands each
+                // written batch back, so its buffers are filled again instead of fresh memory.
+                let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+                let (give_back, reuse) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+                std::thread::scope(|scope| {
+                    let writer = scope.spawn(move || -> std::io::Result<()> {
+                        for batch in receive {
+                            out.append(&batch)?;
+                            let _ = give_back.send(batch);
+                        }
+                        Ok(())
+                    });
+                    for batch in written.chunks(BATCH) {
+                        let mut blocks = reuse.try_recv().unwrap_or_default();
+                        serialize(batch, &mut blocks);
+                        progress::advance(batch.len());
+                        if send.send(blocks).is_err() {
+                            break; // the writer failed; its error is returned below
+                        }
+                    }
+                    drop(send);
+                    writer.join().expect("writer thread")
+                })
+            })
+        };
+        (write_chunks(), clusters_writer.join().expect("clusters writer thread"))
+    });
+    chunks_file?;
+    clusters_file?;
     timings.write = t.elapsed().as_secs_f64();
     let documents = outs.len();
     let chunks_written = written.len();
     // Freed by all threads: one thread alone would take a noticeable share of the run.
-    drop((texts, pieces, signals));
+    drop((texts, pieces, signals, clusters));
     outs.into_par_iter().for_each(drop);
     timings.total = t0.elapsed().as_secs_f64();
     timings.serial = thread_cpu_seconds() - cpu0;
@@ -498,7 +496,7 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
         exact_duplicates: exact_pairs.len(),
         near_duplicates: near_pairs.len(),
         chunks_written,
-        clusters,
+        duplicate_clusters: exact_clusters + near_clusters,
         mb_per_s: bytes_in as f64 / 1e6 / timings.total.max(1e-9),
         timings,
     })

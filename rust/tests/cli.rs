@@ -54,11 +54,19 @@ fn runs_reports_bad_documents_and_is_thread_independent() {
         assert_eq!(result["failures"][0]["doc_id"], "bad");
         assert!(result["exact_duplicates"].as_u64().unwrap() > 0);
         assert!(result["near_duplicates"].as_u64().unwrap() >= 1);
-        outputs.push(std::fs::read(dir.path().join(format!("chunks{threads}.jsonl"))).unwrap());
+        let clusters = std::fs::read_to_string(dir.path().join(format!("chunks{threads}.clusters.jsonl"))).unwrap();
+        let lines: Vec<serde_json::Value> = clusters.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len() as u64, result["duplicate_clusters"].as_u64().unwrap());
+        let removed: usize = lines.iter().map(|c| c["duplicates"].as_array().unwrap().len()).sum();
+        let counted = result["exact_duplicates"].as_u64().unwrap() + result["near_duplicates"].as_u64().unwrap();
+        assert_eq!(removed as u64, counted);
+        assert_eq!(lines[0]["kind"], "exact");
+        let chunks = std::fs::read(dir.path().join(format!("chunks{threads}.jsonl"))).unwrap();
+        outputs.push((chunks, clusters));
     }
-    assert!(!outputs[0].is_empty());
+    assert!(!outputs[0].0.is_empty());
     assert!(outputs.iter().all(|o| o == &outputs[0]));
-    let first = String::from_utf8(outputs[0].clone()).unwrap();
+    let first = String::from_utf8(outputs[0].0.clone()).unwrap();
     assert!(!first.contains("3GPP TS 38.300"), "page header stripped");
 }
 
