@@ -443,36 +443,34 @@ pub fn run(cfg: &Config) -> Result<ProcessResult, Failure> {
     let (chunks_file, clusters_file) = std::thread::scope(|scope| {
         let clusters_writer =
             scope.spawn(|| output::write_atomic(&cfg.clusters_path(), |f| output::Appender::new(f).append(&clusters)));
-        let write_chunks = || {
-            output::write_atomic(&cfg.output_path, |file| {
-                const BATCH: usize = 8192;
-                let mut out = output::Appender::new(file);
-                // One writer thread writes a batch while the next is serialized, and hands each
-                // written batch back, so its buffers are filled again instead of fresh memory.
-                let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
-                let (give_back, reuse) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
-                std::thread::scope(|scope| {
-                    let writer = scope.spawn(move || -> std::io::Result<()> {
-                        for batch in receive {
-                            out.append(&batch)?;
-                            let _ = give_back.send(batch);
-                        }
-                        Ok(())
-                    });
-                    for batch in written.chunks(BATCH) {
-                        let mut blocks = reuse.try_recv().unwrap_or_default();
-                        serialize(batch, &mut blocks);
-                        progress::advance(batch.len());
-                        if send.send(blocks).is_err() {
-                            break; // the writer failed; its error is returned below
-                        }
+        let chunks = output::write_atomic(&cfg.output_path, |file| {
+            const BATCH: usize = 8192;
+            let mut out = output::Appender::new(file);
+            // One writer thread writes a batch while the next is serialized, and hands each
+            // written batch back, so its buffers are filled again instead of fresh memory.
+            let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+            let (give_back, reuse) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+            std::thread::scope(|scope| {
+                let writer = scope.spawn(move || -> std::io::Result<()> {
+                    for batch in receive {
+                        out.append(&batch)?;
+                        let _ = give_back.send(batch);
                     }
-                    drop(send);
-                    writer.join().expect("writer thread")
-                })
+                    Ok(())
+                });
+                for batch in written.chunks(BATCH) {
+                    let mut blocks = reuse.try_recv().unwrap_or_default();
+                    serialize(batch, &mut blocks);
+                    progress::advance(batch.len());
+                    if send.send(blocks).is_err() {
+                        break; // the writer failed; its error is returned below
+                    }
+                }
+                drop(send);
+                writer.join().expect("writer thread")
             })
-        };
-        (write_chunks(), clusters_writer.join().expect("clusters writer thread"))
+        });
+        (chunks, clusters_writer.join().expect("clusters writer thread"))
     });
     chunks_file?;
     clusters_file?;

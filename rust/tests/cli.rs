@@ -93,6 +93,28 @@ fn missing_input_dir_is_a_json_input_error() {
 }
 
 #[test]
+fn an_unwritable_clusters_file_is_a_json_output_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path());
+    let clusters = dir.path().join("chunks1.clusters.jsonl");
+    std::fs::create_dir(&clusters).unwrap(); // a folder in its place: the rename fails
+    let out = Command::new(BIN).arg(config(dir.path(), 1, "")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["kind"], "output");
+    assert_eq!(err["path"], clusters.display().to_string());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")),
+        "no temp file left: {left:?}"
+    );
+}
+
+#[test]
 fn printed_layout_gets_sections_and_kinds() {
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("documents");
