@@ -181,13 +181,15 @@ def test_missing_inputs_name_the_producing_stage(tmp_path, store):
 
 def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
     sweep = tmp_path / "sweep"
-    out, _ = runner(["-m", "lora.rank=4,8", "lora.iters=4", "lora.steps_per_eval=4",
-                     "evaluate.max_examples=2", "evaluate.mcq_max_questions=2", f"hydra.sweep.dir={sweep}"],
+    # The sweep is what this checks: each job trains and evaluates as little as still measures.
+    out, _ = runner(["-m", "lora.rank=4,8", "lora.iters=2", "lora.steps_per_eval=2", "lora.max_seq_length=256",
+                     "evaluate.max_examples=1", "evaluate.mcq_max_questions=1", "evaluate.max_tokens=16",
+                     "evaluate.mcq_max_tokens=8", f"hydra.sweep.dir={sweep}"],
                     {"MLFLOW_TRACKING_URI": store})
     assert out.returncode == 0, out.log[-4000:]
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("telecom-finetune").experiment_id],
-                              filter_string="params.`lora.iters` = '4'")
+                              filter_string="params.`lora.iters` = '2'")
     assert sorted(r.data.params["lora.rank"] for r in runs) == ["4", "8"]
     for job in ("0", "1"):
         last = json.loads((sweep / job / ".state" / "last_run.json").read_text())
