@@ -9,11 +9,19 @@ use std::time::Duration;
 
 static ON: AtomicBool = AtomicBool::new(false);
 static DONE: AtomicUsize = AtomicUsize::new(0);
-static PHASE: Mutex<(&str, usize)> = Mutex::new(("start", 0));
+/// The current phase and its total; no phase (`""`) until the run reaches its first.
+static PHASE: Mutex<(&str, usize)> = Mutex::new(("", 0));
 
 fn report() {
-    let (phase, total) = *PHASE.lock().unwrap_or_else(|e| e.into_inner());
-    let done = DONE.load(Ordering::Relaxed);
+    // Read under the lock that a phase change holds, so a line never pairs a new phase with
+    // the count of the one before.
+    let (phase, total, done) = {
+        let p = PHASE.lock().unwrap_or_else(|e| e.into_inner());
+        (p.0, p.1, DONE.load(Ordering::Relaxed))
+    };
+    if phase.is_empty() {
+        return; // a period can end while the config is read, before any phase
+    }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
@@ -37,11 +45,12 @@ pub fn start_from_env() {
 /// A new phase of `total` steps (0: not counted); the phase before is reported as it ended.
 pub fn phase(name: &'static str, total: usize) {
     if ON.load(Ordering::Relaxed) {
-        if PHASE.lock().unwrap_or_else(|e| e.into_inner()).0 != "start" {
-            report();
+        report();
+        {
+            let mut p = PHASE.lock().unwrap_or_else(|e| e.into_inner());
+            *p = (name, total);
+            DONE.store(0, Ordering::Relaxed);
         }
-        *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = (name, total);
-        DONE.store(0, Ordering::Relaxed);
         report();
     }
 }
