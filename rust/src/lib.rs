@@ -102,12 +102,6 @@ pub struct ProcessResult {
     pub mb_per_s: f64,
 }
 
-impl ProcessResult {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("result serializes")
-    }
-}
-
 /// The clusters of sorted `(kept << 32 | duplicate)` pairs as JSON lines, serialized in
 /// parallel batches, and their number.
 fn cluster_lines(kind: &'static str, pairs: &[u64], id: &(impl Fn(usize) -> String + Sync)) -> (Vec<Vec<u8>>, usize) {

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     }
     match edp::run(&cfg) {
         Ok(result) => {
-            println!("{}", result.to_json());
+            println!("{}", serde_json::to_string(&result).expect("result serializes"));
             ExitCode::SUCCESS
         }
         Err(f) => fail(f),
