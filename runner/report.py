@@ -13,6 +13,7 @@ from pathlib import Path
 
 from components.files import write_text
 from components.secrets import scrub
+from runner.pipeline import ORDER
 
 SPLITS = ("train", "valid", "test")
 # The per-step series the loss picture draws, as MLflow names them.
@@ -58,7 +59,8 @@ class Facts:
 
 def collect(run_dir: Path, metrics: dict, info: dict, series: dict | None = None) -> Facts:
     f = Facts(metrics=dict(metrics), info=dict(info))
-    f.timings = _load(run_dir / ".state" / "last_run.json") or {}
+    timings = _load(run_dir / ".state" / "last_run.json") or {}  # stored with sorted keys
+    f.timings = {s: timings[s] for s in sorted(timings, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))}
     f.manifest = _load(run_dir / "documents" / "manifest.json") or []
     f.extractions = _jsonl(run_dir / "extractions.jsonl")
     for split in SPLITS:

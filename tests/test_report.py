@@ -98,6 +98,14 @@ def test_a_run_that_made_nothing_yet_gets_a_report_without_pictures(tmp_path):
     assert list((tmp_path / "plots").iterdir()) == []
 
 
+def test_stages_are_listed_in_pipeline_order(full_run):
+    run_dir, _ = full_run
+    write_report(run_dir, {}, {"status": "FINISHED"})
+    rows = [line.split("|")[1].strip() for line in (run_dir / "report.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[2].strip() in ("ran", "cached", "failed")]
+    assert rows == ["convert", "extract", "evaluate"]
+
+
 def test_extraction_quality_per_source(full_run):
     run_dir, _ = full_run
     f = collect(run_dir, {}, {})
