@@ -55,11 +55,27 @@ def _staged(args) -> str:
     return (Path(final) / "data").read_text()
 
 
-def test_staged_dir_keeps_one_complete_winner_under_a_process_race(tmp_path):
-    final = tmp_path / "entry"
-    with multiprocessing.get_context("fork").Pool(8) as pool:
-        seen = pool.map(_staged, [(str(final), f"writer-{i}") for i in range(24)])
-    assert len(set(seen)) == 1 and (final / "done").is_file()
+def test_staged_dir_keeps_one_complete_winner_under_a_process_race(tmp_path, monkeypatch):
+    """Every writer must read the same winner. The check for a complete folder is slowed down so
+    that writers overlap between checking and publishing, where the race was: one found nothing,
+    another published and read its copy, then the first moved that copy aside for its own (2 of
+    300 rounds failed on CI's machine before publishing was locked)."""
+    import components.files as files
+
+    complete = files._complete
+
+    def slow_complete(final, marker):
+        found = complete(final, marker)
+        time.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(files, "_complete", slow_complete)  # forked workers inherit it
+    for attempt in range(3):
+        final = tmp_path / f"entry-{attempt}"
+        with multiprocessing.get_context("fork").Pool(8) as pool:
+            seen = pool.map(_staged, [(str(final), f"writer-{i}") for i in range(24)])
+        assert len(set(seen)) == 1 and (final / "done").is_file()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def run(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
