@@ -3,7 +3,6 @@ crash never destroys an old one), folders built aside and published in one renam
 hashes."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -70,36 +69,35 @@ def staged_dir(final: str | os.PathLike, on_exists: str = "keep", marker: str | 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:40]}.", suffix=".tmp", dir=final.parent))
-    old = None
     try:
         yield tmp
         tmp.chmod(mode)  # mkdtemp makes it owner-only
-        # Check and publish under one lock: unlocked, a writer that found nothing complete could
-        # move aside a folder another writer had just published (and a caller already read).
-        with _locked(final.parent):
-            if on_exists == "keep" and _complete(final, marker):
+        if on_exists == "keep":
+            # Let the rename settle the race: it fails onto a non-empty folder, so the first
+            # complete copy stays. Checking for one first and then moving aside whatever is
+            # there could move aside a copy another writer had just published and read.
+            try:
+                os.rename(tmp, final)
                 return
-            if final.exists():
-                # Move the old folder aside first: rename cannot replace a non-empty folder.
-                old = Path(tempfile.mkdtemp(prefix=f".{final.name[:40]}.", suffix=".old", dir=final.parent))
+            except OSError:
+                if _complete(final, marker):
+                    return
+            # What is there lacks the marker: a leftover, replaced below.
+        if final.exists():
+            # Move the old folder aside first: rename cannot replace a non-empty folder.
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name[:40]}.", suffix=".old", dir=final.parent))
+            try:
                 os.replace(final, old / "x")
+            except FileNotFoundError:  # another writer moved it meanwhile
+                pass
+            shutil.rmtree(old, ignore_errors=True)
+        try:
             os.replace(tmp, final)
+        except OSError:
+            if not _complete(final, marker):  # not a concurrent winner: a real failure
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:  # deleted outside the lock: a large folder takes a while
-            shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on a folder, between processes: flock on the folder itself, so no lock
-    file is left among the entries (Linux and macOS both lock directory descriptors)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @contextmanager

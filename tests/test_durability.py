@@ -58,8 +58,8 @@ def _staged(args) -> str:
 def test_staged_dir_keeps_one_complete_winner_under_a_process_race(tmp_path, monkeypatch):
     """Every writer must read the same winner. The check for a complete folder is slowed down so
     that writers overlap between checking and publishing, where the race was: one found nothing,
-    another published and read its copy, then the first moved that copy aside for its own (2 of
-    300 rounds failed on CI's machine before publishing was locked)."""
+    another published and read its copy, then the first moved that copy aside for its own (CI
+    failed on it; 2 of 300 rounds here, before the rename itself settled the race)."""
     import components.files as files
 
     complete = files._complete
@@ -76,6 +76,20 @@ def test_staged_dir_keeps_one_complete_winner_under_a_process_race(tmp_path, mon
             seen = pool.map(_staged, [(str(final), f"writer-{i}") for i in range(24)])
         assert len(set(seen)) == 1 and (final / "done").is_file()
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_staged_dir_replaces_a_leftover_but_keeps_a_complete_folder(tmp_path):
+    from components.files import staged_dir
+
+    final = tmp_path / "entry"
+    final.mkdir()
+    (final / "data").write_text("half")  # no marker: what a crash of an older writer left
+    for payload in ("whole", "later"):
+        with staged_dir(final, on_exists="keep", marker="done") as tmp:
+            (tmp / "data").write_text(payload)
+            (tmp / "done").write_text("")
+    assert (final / "data").read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
 
 
 def run(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
