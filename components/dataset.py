@@ -1,37 +1,45 @@
-"""Fine-tuning examples from extraction records, a split no fact leaks across, and the files
-mlx-lm (and other trainers) read.
+"""Fine-tuning examples from extraction records, a split no fact leaks across, the knowledge
+probes, and the files mlx-lm (and other trainers) read.
 
-Kinds: ``acronym`` and ``definition`` (the glossary), ``qa`` (grounded and verified pairs),
-``summary`` (of a clause), ``spec_clause`` ("which spec and clause covers X", from metadata) and
-``extraction`` (chunk -> the JSON, so the tuned model learns to extract). Mixture weights scale
-each kind in the training split.
+Facts (``components.knowledge``: acronyms, definitions, clause titles, grounded Q&A) become
+``acronym``, ``definition``, ``spec_clause`` and ``qa`` examples in ``phrasings`` wordings each,
+plus an ``mcq`` example answered with an option number. A seeded share of the facts
+(``evaluate.unseen_fraction``) is never trained: the control for forgetting. Every fact gets two
+never-trained probes (``probes.jsonl``): the validation probe picks the checkpoint, the test
+probe is the evaluation.
 
-Split by document when there are enough documents; otherwise by clause within documents (whole
-clauses, never a chunk on both sides). Held-out examples that repeat or near-copy a training one
-are dropped and counted.
+Document examples, ``summary`` (of a clause) and ``extraction`` (chunk -> the JSON, so the tuned
+model learns to extract), are split by document when there are enough documents, otherwise by
+clause within documents (whole clauses, never a chunk on both sides); held-out ones that repeat
+or near-copy a training one are dropped, and training ones that state an unseen fact too.
+
+Splits: train holds the trained facts' phrasings and the training documents' examples; valid
+the trained facts in their validation-probe wording and the validation documents' examples;
+test the unseen facts and the test documents' examples. Mixture weights scale each kind in
+train. No row is cut by the trainer: a row longer than ``lora.max_seq_length`` tokens is split
+(``text`` format) or dropped, and counted.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
+from components import knowledge as K
+from components import mcq
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("qa", "acronym", "definition", "summary", "spec_clause", "extraction")
+DOCUMENT_KINDS = ("summary", "extraction")
+KINDS = (*K.KINDS, "mcq", *DOCUMENT_KINDS)
 SPLITS = ("train", "valid", "test")
-# Clause titles that are not subject matter: no "which clause covers Scope?" examples.
-_NOT_TOPICS = {"scope", "references", "foreword", "introduction", "definitions", "abbreviations",
-               "symbols", "terms", "general", "definitions, symbols and abbreviations",
-               "definitions and abbreviations", "terms and definitions", "change history",
-               "history", "modal verbs terminology", "intellectual property rights"}
 
 
 class DatasetConfig(Settings):
@@ -40,9 +48,12 @@ class DatasetConfig(Settings):
     system_prompt: str = "You are a telecom standards assistant. Answer precisely and concisely."
     format: Literal["chat", "completions", "text"] = "chat"
     exports: list[Literal["sharegpt", "alpaca"]] = Field(default_factory=lambda: ["sharegpt", "alpaca"])
+    phrasings: int = Field(4, ge=1, le=7)  # training wordings per fact (both directions)
+    mcq_rows: bool = True  # one multiple-choice example per trained fact, answered by number
+    probe_options: int = Field(4, ge=2, le=5)  # options of a probe and of an mcq example
     mixture: dict[str, float] = Field(default_factory=lambda: {
-        "qa": 1.0, "acronym": 1.0, "definition": 1.0, "summary": 1.0, "spec_clause": 1.0,
-        "extraction": 0.5})
+        "qa": 1.0, "acronym": 1.0, "definition": 1.0, "spec_clause": 1.0, "mcq": 1.0,
+        "summary": 1.0, "extraction": 0.5})
     valid_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
@@ -72,59 +83,24 @@ def _ex(rec: dict, kind: str, instruction: str, output: str, source: str, inp: s
             "spec": rec.get("spec"), "clause": rec.get("clause") or ""}
 
 
-def _title(rec: dict) -> str:
-    from components.llm.rules import clause_title
-
-    return clause_title({"section_path": rec.get("section_path") or []})
-
-
-def _where(rec: dict) -> str:
-    return rec.get("spec") or (rec.get("rules") or {}).get("doc_title") or rec["doc_id"]
-
-
 EXTRACTION_INSTRUCTION = ("Extract the acronyms, specification references, telecom entities, a "
                           "one-sentence summary and question/answer pairs (with a verbatim "
                           "evidence quote) from this specification text, as JSON.")
 
 
-def examples(records: list[dict], chunks: dict[str, dict], cfg: DatasetConfig) -> tuple[list[dict], Counter]:
-    """Every example the records support, and what was dropped by this stage's filters."""
+def document_examples(records: list[dict], chunks: dict[str, dict], cfg: DatasetConfig) -> list[dict]:
+    """Clause summaries and extraction-as-a-task examples (facts are ``fact_examples``')."""
     out: list[dict] = []
-    dropped: Counter = Counter()
-    seen_glossary: set[tuple] = set()
     for rec in records:
         res = rec.get("result")
         if not res:
             continue
-        for a in res["acronyms"]:
-            key = (rec["doc_id"], a["acronym"], a["expansion"].lower())
-            if key in seen_glossary:
-                continue
-            seen_glossary.add(key)
-            out.append(_ex(rec, "acronym", f"What does {a['acronym']} stand for in telecom specifications?",
-                           f"{a['acronym']} stands for {a['expansion']}.", a["origin"]))
-        for d in res["definitions"]:
-            key = (rec["doc_id"], d["term"].lower())
-            if key in seen_glossary:
-                continue
-            seen_glossary.add(key)
-            definition = d["definition"][:1].upper() + d["definition"][1:]
-            out.append(_ex(rec, "definition", f"Define the term \"{d['term']}\" as used in telecom specifications.",
-                           definition, d["origin"]))
-        for q in res["qa"]:
-            if len(q["answer"].strip()) < cfg.min_answer_chars:
-                dropped["answer_too_short"] += 1
-                continue
-            out.append(_ex(rec, "qa", q["question"].strip(), q["answer"].strip(), q["origin"]))
-        title = _title(rec)
+        title = K.clause_title(rec)
         if res.get("summary"):
-            what = f"clause {rec['clause']} ({title})" if rec.get("clause") and title != rec["clause"] else f"\"{title}\""
-            out.append(_ex(rec, "summary", f"Summarise {what} of {_where(rec)}.",
+            what = (f"clause {rec['clause']} ({title})" if rec.get("clause") and title and title != rec["clause"]
+                    else f"\"{title or rec.get('clause') or rec['doc_id']}\"")
+            out.append(_ex(rec, "summary", f"Summarise {what} of {K.where(rec)}.",
                            res["summary"]["text"], res["summary"]["origin"]))
-        if title and title.lower() not in _NOT_TOPICS and rec.get("clause") and rec["clause"] != title \
-                and not rec.get("skip"):
-            out.append(_ex(rec, "spec_clause", f"Which specification and clause cover {title}?",
-                           f"{_where(rec)}, clause {rec['clause']} ({title}).", "rule"))
         chunk = chunks.get(rec["chunk_id"])
         if chunk and not rec.get("skip") and rec.get("status") == "ok" \
                 and len(chunk["text"]) <= cfg.extraction_max_chars:
@@ -138,13 +114,56 @@ def examples(records: list[dict], chunks: dict[str, dict], cfg: DatasetConfig) -
                 source = next((o for o in sorted(origins) if o != "rule"), "rule")
                 out.append(_ex(rec, "extraction", EXTRACTION_INSTRUCTION,
                                json.dumps(target, ensure_ascii=False), source, chunk["text"]))
-    kept = []
-    for e in out:
-        if cfg.mixture.get(e["kind"], 0.0) <= 0:
-            dropped[f"kind_{e['kind']}_weight_0"] += 1
-        else:
-            kept.append(e)
-    return kept, dropped
+    return out
+
+
+def _fact_ex(f: K.Fact, kind: str, question: str, answer: str, **extra) -> dict:
+    return {"instruction": question, "input": "", "output": answer, "kind": kind, "source": f.source,
+            "doc_id": f.doc_id, "chunk_id": f.chunk_id, "spec": f.where, "clause": f.clause,
+            "fact_id": f.id, **extra}
+
+
+def fact_examples(facts: list[K.Fact], sets: dict[str, str], cfg: DatasetConfig) -> dict[str, list[dict]]:
+    """Per split: the trained facts in ``phrasings`` wordings and one multiple-choice example
+    (train) and in their validation-probe wording (valid); the unseen facts in their first
+    wording (test)."""
+    trained = [f for f in facts if sets[f.id] == "trained"]
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for f in facts:
+        rows = K.training_rows(f, trained, cfg.phrasings, cfg.probe_options, cfg.seed, mcq=cfg.mcq_rows)
+        if sets[f.id] == "unseen":
+            out["test"].append(_fact_ex(f, f.kind, rows[0]["question"], rows[0]["answer"]))
+            continue
+        for r in rows:
+            kind = "mcq" if r.get("system") == "mcq" else f.kind
+            out["train"].append(_fact_ex(f, kind, r["question"], r["answer"],
+                                         **({"system": "mcq"} if kind == "mcq" else {})))
+        out["valid"].append(_fact_ex(f, f.kind, K.probe_question(f, "valid"), K.probe_answer(f)))
+    return out
+
+
+def probes(facts: list[K.Fact], sets: dict[str, str], cfg: DatasetConfig) -> tuple[list[dict], Counter]:
+    """The validation and test probe of every fact, distractors from its own set; facts whose
+    set has no other fact of their kind get none (counted)."""
+    out, missing = [], Counter()
+    for split in ("valid", "test"):
+        for s in K.SETS:
+            pool = [f for f in facts if sets[f.id] == s]
+            for f in pool:
+                p = K.probe(f, split, pool, cfg.probe_options, cfg.seed)
+                if p is None:
+                    missing[f"{s}_{f.kind}"] += split == "test"
+                    continue
+                out.append({**p, "set": s})
+    return out, missing
+
+
+def drop_leaks(train: list[dict], unseen: list[K.Fact]) -> tuple[list[dict], int]:
+    """Training document examples that state an unseen fact are dropped: the control facts
+    must stay unseen."""
+    check = K.LeakCheck(unseen)
+    kept = [e for e in train if e.get("fact_id") or not check(_text(e))]
+    return kept, len(train) - len(kept)
 
 
 # ---------------------------------------------------------------- splits
@@ -258,11 +277,71 @@ def mix(train: list[dict], mixture: dict[str, float], seed: int) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- length
+
+
+def token_counter(tokenizer) -> Callable[[dict], int]:
+    """Tokens of a rendered row as mlx-lm's datasets tokenise it (chat template for chat and
+    completions rows, plain text plus end of sequence for text rows)."""
+    def count(row: dict) -> int:
+        if "messages" in row:
+            msgs = row["messages"]
+        elif "prompt" in row:
+            msgs = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+        else:
+            return len(tokenizer.encode(row["text"])) + 1
+        return len(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=False))
+
+    return count
+
+
+_SENTENCE = re.compile(r"(?<=[.;:!?])\s+|\n\n+")
+
+
+def _pieces(text: str, fits: Callable[[str], bool]) -> list[str] | None:
+    """``text`` cut at paragraph and sentence ends into the fewest pieces that fit; None when a
+    single sentence does not."""
+    out, cur = [], ""
+    for sentence in (x for x in _SENTENCE.split(text) if x.strip()):
+        cand = f"{cur} {sentence}".strip() if cur else sentence
+        if fits(cand):
+            cur = cand
+            continue
+        if not cur or not fits(sentence):
+            return None
+        out.append(cur)
+        cur = sentence
+    return out + ([cur] if cur else [])
+
+
+def fit_length(splits: dict[str, list[dict]], fmt: str, system: str, count: Callable[[dict], int],
+               max_tokens: int) -> Counter:
+    """Rows mlx-lm would cut at ``max_tokens``: split at sentence ends in the ``text`` format
+    (where a row is plain text), dropped otherwise (a cut answer teaches broken JSON)."""
+    dropped: Counter = Counter()
+    for s in SPLITS:
+        kept = []
+        for e in splits[s]:
+            if count(render(e, fmt, system)) <= max_tokens:
+                kept.append(e)
+                continue
+            if fmt == "text":
+                whole = render(e, fmt, system)["text"]
+                parts = _pieces(whole, lambda t: count({"text": t}) <= max_tokens)
+                if parts:
+                    kept += [{**e, "text": t} for t in parts]
+                    dropped["split_longer_than_max_seq_length"] += 1
+                    continue
+            dropped["longer_than_max_seq_length"] += 1
+        splits[s] = kept
+    return dropped
+
+
 # ---------------------------------------------------------------- formats
 
 
 def meta(e: dict) -> dict:
-    return {k: e[k] for k in ("doc_id", "chunk_id", "spec", "clause", "kind", "source")}
+    return {k: e.get(k) for k in ("doc_id", "chunk_id", "spec", "clause", "kind", "source", "fact_id")}
 
 
 def user_text(e: dict) -> str:
@@ -273,13 +352,15 @@ def render(e: dict, fmt: str, system: str) -> dict:
     """One example in mlx-lm's ``chat``, ``completions`` or ``text`` format, or the ``sharegpt``
     and ``alpaca`` exports; ``meta`` rides along (mlx-lm ignores it)."""
     user, answer = user_text(e), e["output"]
+    if e.get("system") == "mcq":  # multiple choice is asked, and answered, in its own prompt
+        system = mcq.SYSTEM
     if fmt == "chat":
         row = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user},
                             {"role": "assistant", "content": answer}]}
     elif fmt == "completions":
         row = {"prompt": user, "completion": answer}
     elif fmt == "text":
-        row = {"text": f"{user}\n\n{answer}"}
+        row = {"text": e.get("text") or f"{user}\n\n{answer}"}
     elif fmt == "sharegpt":
         row = {"conversations": [{"from": "system", "value": system}, {"from": "human", "value": user},
                                  {"from": "gpt", "value": answer}]}
@@ -306,8 +387,28 @@ def _table(title: str, rows: dict[str, Counter], cols: Iterable[str]) -> list[st
     return lines + [""]
 
 
+def knowledge_lines(facts: list[K.Fact], sets: dict[str, str], probes_: list[dict], cfg: DatasetConfig,
+                     unseen_fraction: float) -> list[str]:
+    count = {s: Counter(f.kind for f in facts if sets[f.id] == s) for s in K.SETS}
+    lines = ["## Facts and probes", "",
+             f"{len(facts)} facts; {sum(count['unseen'].values())} kept out of training "
+             f"(evaluate.unseen_fraction={unseen_fraction:g}, seeded per kind): the control for forgetting. "
+             f"Each trained fact is taught in {cfg.phrasings} wording(s)"
+             + (" plus one multiple-choice question answered with the option number." if cfg.mcq_rows else ".")
+             + " Two wordings per kind are never trained: the validation probe (checkpoint selection) "
+               "and the test probe (the evaluation), multiple choice with "
+             f"{cfg.probe_options} options scored by log-likelihood, distractors from the same set.", "",
+             "| kind | trained | unseen | test probes (trained / unseen) |", "|---|---|---|---|"]
+    for kind in K.KINDS:
+        n = [sum(p["kind"] == kind and p["set"] == s and p["split"] == "test" for p in probes_) for s in K.SETS]
+        if count["trained"][kind] or count["unseen"][kind]:
+            lines.append(f"| {kind} | {count['trained'][kind]} | {count['unseen'][kind]} | {n[0]} / {n[1]} |")
+    return lines + [""]
+
+
 def card(splits: dict[str, list[dict]], how: str, cfg: DatasetConfig, models: list[str],
-         extraction_drops: Counter, dataset_drops: Counter, skipped: Counter) -> str:
+         extraction_drops: Counter, dataset_drops: Counter, skipped: Counter,
+         knowledge: list[str] | None = None) -> str:
     by = {"kind": {}, "source": {}, "document": {}}
     for s, rows in splits.items():
         for e in rows:
@@ -317,15 +418,16 @@ def card(splits: dict[str, list[dict]], how: str, cfg: DatasetConfig, models: li
                   "clause": ("by clause within the documents: fewer documents than splits, so whole "
                              "clauses are held out (never a chunk on both sides)"),
                   "example": ("by example: the corpus has fewer clauses than splits, so held-out "
-                              "examples share chunks with training ones")}[how]
+                              "examples share chunks with training ones"),
+                  "none": "(no document examples: facts only)"}[how]
     lines = ["# Dataset card", "",
              f"Examples: train {len(splits['train'])}, valid {len(splits['valid'])}, "
              f"test {len(splits['test'])}. Format `{cfg.format}`; exports: "
              f"{', '.join(cfg.exports) or 'none'}.", "",
-             f"Split {split_line}; seed {cfg.seed}.", "",
+             f"Document examples (summaries, extraction) split {split_line}; seed {cfg.seed}.", "",
              "Models used: " + (", ".join(models) if models else "none (rules only)") + ".", "",
              "Mixture weights (training split): " + ", ".join(f"{k} {v:g}" for k, v in cfg.mixture.items()) + ".", "",
-             "## Counts", ""]
+             *(knowledge or []), "## Counts", ""]
     for field in ("kind", "source", "document"):
         lines += _table(f"By {field}", by[field], SPLITS)
     lines += ["## Filters", "", "Dropped during extraction (items the chunk does not support or that "

@@ -84,6 +84,41 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], t
     return _png(fig)
 
 
+def base_vs_tuned(panels: Mapping[str, Mapping[str, tuple]], title: str = "Base vs tuned") -> bytes:
+    """One panel per scale, base and tuned side by side per measure. ``panels``: scale ->
+    measure -> ``(base, tuned)`` or ``(base, tuned, (lo, hi), (lo, hi))`` with 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    widest = max((len(v) for v in panels.values()), default=1)
+    fig = Figure(figsize=(max(6.0, 1.6 * widest + 2) , 3.4 * len(panels)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (scale, measures) in zip(axes, panels.items()):
+        names = list(measures)
+        for i, (label, color) in enumerate((("base", BLUE), ("tuned", ORANGE))):
+            xs = [g + (i - 0.5) * 0.38 for g in range(len(names))]
+            vals = [measures[n][i] for n in names]
+            errs = None
+            if all(len(measures[n]) == 4 for n in names):
+                lo = [v - measures[n][2 + i][0] for n, v in zip(names, vals)]
+                hi = [measures[n][2 + i][1] - v for n, v in zip(names, vals)]
+                errs = [lo, hi]
+            ax.bar(xs, vals, width=0.38, label=label, color=color, yerr=errs, capsize=4)
+            for x, v in zip(xs, vals):
+                ax.annotate(f"{v:.3g}", (x, v), xytext=(0, 2), textcoords="offset points", ha="center",
+                            fontsize=7)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        if scale == "accuracy":
+            ax.set_ylim(0, 1.05)
+        ax.set_ylabel(scale)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title(title)
+    return _png(fig)
+
+
 def stacked_bars(groups: Sequence[str], parts: Mapping[str, Sequence[float]], title: str,
                  ylabel: str) -> bytes:
     """One bar per group, split into ``parts`` (name -> one value per group)."""

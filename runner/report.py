@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components import stats
 from components.files import write_text
 from components.secrets import scrub
 from runner.pipeline import ORDER
@@ -51,7 +52,7 @@ class Facts:
     manifest: list = field(default_factory=list)
     extractions: list = field(default_factory=list)
     dataset: dict = field(default_factory=dict)  # split -> Counter of meta.kind
-    kept_qa: Counter = field(default_factory=Counter)  # doc_id -> Q&A examples in the dataset
+    kept_qa: set = field(default_factory=set)  # chunk ids with a Q&A example in the dataset
     eval: dict | None = None
     alerts: list = field(default_factory=list)
     series: dict = field(default_factory=dict)  # label -> [(step, value)]
@@ -71,7 +72,7 @@ def collect(run_dir: Path, metrics: dict, info: dict, series: dict | None = None
                 meta = r.get("meta") or {}
                 kinds[meta.get("kind") or "unknown"] += 1
                 if meta.get("kind") == "qa":
-                    f.kept_qa[meta.get("doc_id")] += 1
+                    f.kept_qa.add(meta.get("chunk_id"))
             f.dataset[split] = kinds
     f.eval = _load(run_dir / "eval.json")
     f.alerts = _jsonl(run_dir / "alerts.jsonl")
@@ -81,37 +82,51 @@ def collect(run_dir: Path, metrics: dict, info: dict, series: dict | None = None
     return f
 
 
-def extraction_quality(records: list[dict], kept_qa: Counter) -> dict[str, dict]:
-    """Per source document and overall (``"all"``): share of chunks with valid JSON, share of
-    extracted items the chunk supports (grounded), share of valid answers whose Q&A made it into
-    the dataset (kept)."""
+def extraction_quality(records: list[dict], kept_qa: set) -> dict[str, dict]:
+    """Per source document and overall (``"all"``), over the chunks sent to a model: share
+    answered with valid JSON, share of the items the model proposed that the chunk supports
+    (grounded, kept in the record), and share of chunks with a grounded Q&A in the dataset."""
     per: dict[str, dict] = {}
     for r in records:
+        llm = r.get("llm")
+        if not llm:  # rules only: nothing a model was asked
+            continue
         for key in (r.get("doc_id") or "?", "all"):
-            d = per.setdefault(key, {"chunks": 0, "ok": 0, "items": 0, "grounded": 0, "kept": 0})
+            d = per.setdefault(key, {"chunks": 0, "ok": 0, "items": 0, "grounded": 0, "qa": 0, "kept": 0})
             d["chunks"] += 1
-            if r.get("status") != "ok":
+            if r.get("status") != "ok" or not llm.get("json_valid"):
                 continue
             d["ok"] += 1
-            ex, g = r.get("extraction") or {}, r.get("grounding") or {}
-            d["items"] += len(ex.get("acronyms", [])) + len(ex.get("spec_refs", [])) + bool(ex.get("qa"))
-            d["grounded"] += (len(g.get("acronyms", [])) + len(g.get("spec_refs", []))
-                              + bool(g.get("qa_grounded")))
-    for doc, n in kept_qa.items():
-        if doc in per:  # examples of documents this extraction never saw are not its to keep
-            per[doc]["kept"] += n
-            per["all"]["kept"] += n
+            proposed = llm.get("proposed") or {}
+            d["items"] += sum(len(proposed.get(k) or []) for k in ("acronyms", "spec_refs", "entities", "qa"))
+            d["grounded"] += sum(len(llm.get(k) or []) for k in ("acronyms", "spec_refs", "entities", "qa"))
+            d["qa"] += bool(llm.get("qa_proposed"))
+            d["kept"] += r.get("chunk_id") in kept_qa
     return {k: {"chunks": d["chunks"],
                 "valid": d["ok"] / d["chunks"] if d["chunks"] else 0.0,
                 "grounded": d["grounded"] / d["items"] if d["items"] else 0.0,
-                "kept": min(1.0, d["kept"] / d["ok"]) if d["ok"] else 0.0}
+                "kept": min(1.0, d["kept"] / d["qa"]) if d["qa"] else 0.0}
             for k, d in per.items()}
 
 
+SET_LABELS = {"your_documents": "your documents", "unseen_facts": "unseen facts", "general": "general telecom"}
+
+
+def knowledge(f: Facts) -> dict[str, dict]:
+    """Probe set -> its paired comparison (n, base, tuned, diff, ci_low, ci_high, p), from
+    ``eval.json``."""
+    sets = (f.eval or {}).get("sets") or {}
+    return {k: v["comparison"] for k, v in sets.items() if isinstance(v, dict) and "comparison" in v}
+
+
 def mcq_categories(ev: dict | None) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """MCQ set -> category -> (base accuracy, tuned accuracy, questions), from ``eval.json``."""
+    """Probe or MCQ set -> kind or category -> (base accuracy, tuned accuracy, questions)."""
     out: dict = {}
-    for name, table in ((ev or {}).get("mcq") or {}).items():
+    for name, s in ((ev or {}).get("sets") or {}).items():
+        cats = {c: (float(g["base"]), float(g["tuned"]), int(g["n"])) for c, g in (s.get("per_group") or {}).items()}
+        if cats:
+            out[name] = cats
+    for name, table in ((ev or {}).get("mcq") or {}).items():  # eval.json before the probes
         cats = {}
         for cat, c in (table.get("per_category") or {}).items():
             try:
@@ -124,10 +139,12 @@ def mcq_categories(ev: dict | None) -> dict[str, dict[str, tuple[float, float, i
 
 
 def comparison(f: Facts) -> dict[str, tuple[float, float]]:
-    """Base vs tuned pairs: from ``eval.json``'s comparison, or the loss before/after."""
-    comp = (f.eval or {}).get("comparison") or {}
-    out = {k: (float(v["base"]), float(v["tuned"])) for k, v in comp.items()
-           if isinstance(v, dict) and "base" in v and "tuned" in v}
+    """Base vs tuned losses: from ``eval.json``, an earlier run's comparison, or the metrics."""
+    ev = f.eval or {}
+    out = {k: (float(v["base"]), float(v["tuned"])) for k, v in (ev.get("losses") or {}).items()}
+    comp = ev.get("comparison") or {}
+    out.update({k: (float(v["base"]), float(v["tuned"])) for k, v in comp.items()
+                if isinstance(v, dict) and "base" in v and "tuned" in v})
     m = f.metrics
     if not out and "eval/val_loss_before" in m and "eval/val_loss_after" in m:
         out["valid_loss"] = (float(m["eval/val_loss_before"]), float(m["eval/val_loss_after"]))
@@ -154,14 +171,22 @@ def headline(f: Facts) -> list[str]:
                      f"{_pct(m.get('extract/qa_grounded_rate', 0))}")
     if f.dataset:
         lines.append("- dataset: " + " / ".join(f"{sum(f.dataset[s].values())} {s}" for s in f.dataset))
+    verdict = (f.eval or {}).get("verdict")
+    if verdict:
+        lines.insert(1, f"- **verdict**: {verdict}")
+    for name, c in knowledge(f).items():
+        lines.append(f"- {SET_LABELS.get(name, name)}: base {c['base']:.2f} → tuned {c['tuned']:.2f}, "
+                     f"{stats.describe(c)}")
+        over = c.get("over_unseen")
+        if over:
+            lo, hi = (f"{round(100 * x):+d}" for x in (over["ci_low"], over["ci_high"]))
+            lines.append(f"- taught beyond the unseen control (your documents' gain less the unseen facts' "
+                         f"change): {round(100 * over['diff']):+d} points (95 % CI {lo}…{hi})")
     if "finetune/train_loss_final" in m:
         lines.append(f"- final train loss: {m['finetune/train_loss_final']:.4g}")
     if "eval/val_loss_before" in m and "eval/val_loss_after" in m:
         b, a = m["eval/val_loss_before"], m["eval/val_loss_after"]
         lines.append(f"- validation loss: {b:.4g} → {a:.4g} ({a - b:+.3g})")
-    for key, label in (("eval/qa_exact_match", "exact match"), ("eval/mcq_accuracy", "MCQ accuracy")):
-        if f"{key}_base" in m and f"{key}_tuned" in m:
-            lines.append(f"- {label}: base {m[key + '_base']:.3g} → tuned {m[key + '_tuned']:.3g}")
     if f.alerts:
         lines.append(f"- alerts: {len(f.alerts)}")
     return lines
@@ -197,7 +222,7 @@ def markdown(f: Facts) -> str:
     if f.metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(f.metrics.items())]
-    preds = (f.eval or {}).get("predictions") or []
+    preds = (f.eval or {}).get("samples") or (f.eval or {}).get("predictions") or []
     if preds:
         lines += ["", "## Held-out samples", "", "| question | expected | model |", "|---|---|---|"]
         for r in preds[:8]:

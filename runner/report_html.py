@@ -11,7 +11,8 @@ from pathlib import Path
 from components import plots
 from components.files import build_dir, write_bytes, write_text
 from components.secrets import scrub
-from runner.report import Facts, comparison, extraction_quality, headline, mcq_categories
+from components import stats
+from runner.report import SET_LABELS, Facts, comparison, extraction_quality, headline, knowledge, mcq_categories
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +76,35 @@ def pictures(f: Facts) -> dict[str, bytes]:
         draw("dataset_mixture.png", plots.stacked_bars, splits,
              {k: [f.dataset[s].get(k, 0) for s in splits] for k in kinds},
              "Dataset mixture (meta.kind)", "examples")
-    comp = comparison(f)
-    if comp:
-        names = list(comp)
-        draw("base_vs_tuned.png", plots.grouped_bars, names,
-             {"base": [comp[n][0] for n in names], "tuned": [comp[n][1] for n in names]},
-             "Base vs tuned", "value")
+    panels = base_vs_tuned_panels(f)
+    if panels:
+        draw("base_vs_tuned.png", plots.base_vs_tuned, panels)
     for name, cats in mcq_categories(f.eval).items():
         labels = list(cats)
         draw(f"{name}_per_category.png", plots.grouped_bars, labels,
              {"base": [cats[c][0] for c in labels], "tuned": [cats[c][1] for c in labels]},
-             f"{name}: accuracy per category", "accuracy", limit=1.05)
+             f"{SET_LABELS.get(name, name)}: accuracy per category", "accuracy", limit=1.05)
     if f.timings:
         draw("stage_timings.png", plots.hbars, {s: float(t.get("seconds", 0)) for s, t in f.timings.items()},
              "Stage timings", "seconds")
     return out
+
+
+def base_vs_tuned_panels(f: Facts) -> dict[str, dict[str, tuple]]:
+    """One panel per scale: accuracies of the probe sets (with 95 % Wilson intervals), and the
+    losses."""
+    panels: dict[str, dict[str, tuple]] = {}
+    acc = {}
+    for name, c in knowledge(f).items():
+        n = int(c["n"])
+        ci = [stats.wilson(round(c[k] * n), n) for k in ("base", "tuned")]
+        acc[SET_LABELS.get(name, name)] = (c["base"], c["tuned"], *ci)
+    if acc:
+        panels["accuracy"] = acc
+    losses = {k: v for k, v in comparison(f).items() if "loss" in k or "ppl" in k}
+    if losses:
+        panels["loss"] = {k.replace("_", " "): v for k, v in losses.items() if "loss" in k} or losses
+    return panels
 
 
 def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
@@ -134,17 +149,27 @@ def render(f: Facts, pngs: dict[str, bytes]) -> str:
                   _table(["split", *kinds, "total"],
                          [[s, *(c.get(k, 0) for k in kinds), sum(c.values())] for s, c in f.dataset.items()],
                          numeric=set(range(1, len(kinds) + 2)))]
-    comp = comparison(f)
+    sets, comp = knowledge(f), comparison(f)
+    if sets or comp:
+        parts += ["<h2>Base vs tuned</h2>", _img(pngs, "base_vs_tuned.png", "base vs tuned")]
+        if (f.eval or {}).get("verdict"):
+            parts += [f"<p><b>{_t(f.eval['verdict'])}</b></p>"]
+    if sets:
+        parts += ["<p>Never-trained probes, multiple choice scored by log-likelihood, the same items "
+                  "for both models; difference with its 95 % bootstrap interval and McNemar's exact p.</p>",
+                  _table(["set", "n", "base", "tuned", "difference", "95 % CI", "p"],
+                         [[SET_LABELS.get(k, k), c["n"], c["base"], c["tuned"], c["diff"],
+                           f"{c['ci_low']:+.2f} … {c['ci_high']:+.2f}", c["p"]] for k, c in sets.items()],
+                         numeric={1, 2, 3, 4, 6})]
     if comp:
-        parts += ["<h2>Base vs tuned</h2>", _img(pngs, "base_vs_tuned.png", "base vs tuned"),
-                  _table(["metric", "base", "tuned", "delta"],
+        parts += [_table(["measure", "base", "tuned", "delta"],
                          [[k, b, t, t - b] for k, (b, t) in comp.items()], numeric={1, 2, 3})]
     for name, cats in mcq_categories(f.eval).items():
-        parts += [f"<h3>{_t(name)}: accuracy per category</h3>",
+        parts += [f"<h3>{_t(SET_LABELS.get(name, name))}: accuracy per category</h3>",
                   _img(pngs, f"{name}_per_category.png", f"{name} per category"),
                   _table(["category", "questions", "base", "tuned"],
                          [[c, n, b, t] for c, (b, t, n) in cats.items()], numeric={1, 2, 3})]
-    preds = (f.eval or {}).get("predictions") or []
+    preds = (f.eval or {}).get("samples") or (f.eval or {}).get("predictions") or []
     if preds:
         parts += ["<h3>Held-out samples</h3>",
                   _table(["question", "expected", "base", "tuned"],

@@ -9,17 +9,23 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """One cache folder for the test run: the embedded model is converted from its GGUF once."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def compose(tmp_path_factory):
+def compose(session_cache):
     """Compose the app's config as `python -m runner` would, with overrides (paths that Hydra
-    fills at run time point into a temporary folder)."""
+    fills at run time point into a temporary folder; the cache is the test run's)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from runner.config import resolve_hardware
 
     def _compose(*overrides: str):
-        defaults = {"cache_dir": str(tmp_path_factory.mktemp("cache")), "tracking.root": str(REPO)}
+        defaults = {"cache_dir": str(session_cache), "tracking.root": str(REPO)}
         overrides = [f"{k}={v}" for k, v in defaults.items()
                      if not any(o.startswith(f"{k}=") for o in overrides)] + list(overrides)
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -56,3 +56,36 @@ print(repr(use_fast_blas()))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None"
     assert "too late" in done.stderr
+
+
+def test_kernels_follow_the_cpu_flags():
+    from components.training.blas import cpu_flags, kernel_for
+
+    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"}
+    assert kernel_for(avx512) == "SkylakeX"
+    assert kernel_for({"avx2", "fma", "sse4_2"}) == "Haswell"
+    assert kernel_for({"sse4_2"}) is None and kernel_for(set()) is None
+    if sys.platform.startswith("linux"):
+        assert "sse2" in cpu_flags() or not os.path.exists("/proc/cpuinfo")
+
+
+_CORE = """
+from components.training import blas
+blas.use_fast_blas()
+print(blas.core_name())
+"""
+
+
+@needs_openblas
+def test_the_kernels_are_chosen_unless_the_machine_set_them():
+    from components.training.blas import cpu_flags, kernel_for
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    chosen = subprocess.run([sys.executable, "-c", _CORE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60).stdout.strip()
+    want = kernel_for(cpu_flags())
+    if want:  # OpenBLAS runs the kernels the CPU's flags allow, whatever model it takes the CPU for
+        assert chosen == want
+    set_by_machine = subprocess.run([sys.executable, "-c", _CORE], cwd=ROOT, env={**env, "OPENBLAS_CORETYPE": "Haswell"},
+                                    capture_output=True, text=True, timeout=60).stdout.strip()
+    assert set_by_machine == "Haswell"

@@ -59,7 +59,7 @@ def test_every_kind_with_meta_in_every_format_and_export(tmp_path, compose):
         chat = rows(run, split)
         assert chat and all(r["messages"][-1]["role"] == "assistant" for r in chat)
         for r in chat:
-            assert set(r["meta"]) == {"doc_id", "chunk_id", "spec", "clause", "kind", "source"}
+            assert set(r["meta"]) == {"doc_id", "chunk_id", "spec", "clause", "kind", "source", "fact_id"}
             assert r["meta"]["source"] in ("rule", "m")
         share, alpaca = rows(run, split, "exports/sharegpt"), rows(run, split, "exports/alpaca")
         assert len(share) == len(alpaca) == len(chat)
@@ -67,10 +67,19 @@ def test_every_kind_with_meta_in_every_format_and_export(tmp_path, compose):
         assert {"instruction", "input", "output", "meta"} <= set(alpaca[0])
     ext = next(r for s in D.SPLITS for r in rows(run, s, "exports/alpaca") if r["meta"]["kind"] == "extraction")
     assert ext["input"].startswith("Clause 5.") and json.loads(ext["output"])["acronyms"]
-    spec = next(r for s in D.SPLITS for r in rows(run, s) if r["meta"]["kind"] == "spec_clause")
-    assert spec["messages"][-1]["content"].startswith("TS 99.101, clause 5.")
-    docs = {s: {r["meta"]["doc_id"] for r in rows(run, s)} for s in D.SPLITS}
+    spec = [r for r in rows(run, "train") if r["meta"]["kind"] == "spec_clause"]
+    assert any(r["messages"][-1]["content"].startswith("TS 99.101, clause 5.") for r in spec)
+    # Document examples are held out by document; facts by wording and by the unseen share.
+    docs = {s: {r["meta"]["doc_id"] for r in rows(run, s) if r["meta"]["kind"] in D.DOCUMENT_KINDS}
+            for s in D.SPLITS}
     assert not (docs["train"] & docs["valid"]) and not (docs["train"] & docs["test"])
+    facts = {s: {r["meta"]["fact_id"] for r in rows(run, s) if r["meta"]["fact_id"]} for s in D.SPLITS}
+    assert facts["valid"] <= facts["train"] and not (facts["train"] & facts["test"])
+    mcq = next(r for r in rows(run, "train") if r["meta"]["kind"] == "mcq")
+    assert mcq["messages"][0]["content"].startswith("You are a telecom standards assistant. Answer multiple-choice")
+    assert mcq["messages"][-1]["content"].isdigit()
+    probes = [json.loads(l) for l in open(run / "dataset" / "probes.jsonl")]
+    assert {p["set"] for p in probes} == {"trained", "unseen"} and {p["split"] for p in probes} == {"valid", "test"}
 
 
 @pytest.mark.parametrize("fmt, keys", [("completions", {"prompt", "completion", "meta"}),
@@ -91,7 +100,8 @@ def test_one_specification_alone_is_split_by_clause(tmp_path, compose, caplog):
     run = make_run(tmp_path, {"only-spec": 10})
     m = pipeline.run(run, compose("lora.batch_size=2"), NullTracker(), ["dataset"])
     assert m["dataset/split_by_document"] == 0
-    chunks_in = {s: {r["meta"]["chunk_id"] for r in rows(run, s)} for s in D.SPLITS}
+    chunks_in = {s: {r["meta"]["chunk_id"] for r in rows(run, s) if r["meta"]["kind"] in D.DOCUMENT_KINDS}
+                 for s in D.SPLITS}
     assert all(len(rows(run, s)) >= 2 for s in D.SPLITS)
     assert not (chunks_in["train"] & chunks_in["valid"]) and not (chunks_in["train"] & chunks_in["test"])
     assert not (chunks_in["valid"] & chunks_in["test"])
@@ -100,10 +110,12 @@ def test_one_specification_alone_is_split_by_clause(tmp_path, compose, caplog):
     assert "split by clause" in caplog.text
 
 
-def test_a_single_chunk_still_makes_three_splits(tmp_path, compose):
+def test_a_single_chunk_still_makes_a_dataset_to_train_and_validate_on(tmp_path, compose):
     run = make_run(tmp_path, {"tiny": 1})
     m = pipeline.run(run, compose("lora.batch_size=1", "dataset.mixture.extraction=1.0"), NullTracker(), ["dataset"])
-    assert all(m[f"dataset/{s}"] >= 1 for s in D.SPLITS)
+    # One fact of each kind: none can be the unseen control, so only the document examples
+    # are held out for test.
+    assert m["dataset/train"] >= 1 and m["dataset/valid"] >= 1 and m["dataset/facts_unseen"] == 0
     assert "by example" in (run / "dataset" / "README.md").read_text()
 
 
@@ -166,3 +178,33 @@ def test_the_card_and_a_sample_go_to_mlflow(tmp_path, compose):
     arts = {a.path for a in client.list_artifacts(tracker.run_id, "dataset")}
     assert arts == {"dataset/README.md", "dataset/sample.jsonl"}
     mlflow.set_tracking_uri(None)
+
+
+def _words(row: dict) -> int:
+    """A stand-in tokenizer: one token per word of the rendered row."""
+    if "messages" in row:
+        return sum(len(m["content"].split()) for m in row["messages"])
+    if "prompt" in row:
+        return len(row["prompt"].split()) + len(row["completion"].split())
+    return len(row["text"].split())
+
+
+def test_no_row_is_cut_by_the_trainer_split_in_text_dropped_otherwise():
+    long_answer = " ".join(f"Sentence {i} says what the gNB does." for i in range(20))  # 120 words
+    e = {"instruction": "Summarise clause 5.", "input": "", "output": long_answer, "kind": "summary",
+         "source": "m", "doc_id": "d", "chunk_id": "d#1", "spec": None, "clause": "5"}
+    short = {**e, "output": "Short."}
+    for fmt in ("chat", "completions"):
+        splits = {"train": [e, short], "valid": [], "test": []}
+        dropped = D.fit_length(splits, fmt, "sys", _words, max_tokens=50)
+        assert splits["train"] == [short] and dropped == {"longer_than_max_seq_length": 1}
+    splits = {"train": [e, short], "valid": [], "test": []}
+    dropped = D.fit_length(splits, "text", "sys", _words, max_tokens=50)
+    pieces = [D.render(x, "text", "sys")["text"] for x in splits["train"]]
+    assert dropped == {"split_longer_than_max_seq_length": 1} and len(pieces) >= 4
+    assert all(len(p.split()) <= 50 for p in pieces)
+    assert " ".join(pieces[:-1]).split() == f"Summarise clause 5. {long_answer}".split()  # nothing lost
+    assert all(p.rstrip().endswith(".") for p in pieces)  # cut at sentence ends
+    one_sentence = {**e, "output": "word " * 80}
+    splits = {"train": [one_sentence], "valid": [], "test": []}
+    assert D.fit_length(splits, "text", "sys", _words, 50) == {"longer_than_max_seq_length": 1}

@@ -74,6 +74,7 @@ def test_default_run_writes_the_contracted_artifacts(default_run):
     ex = [json.loads(l) for l in open(run_dir / "extractions.jsonl")]
     assert [e["chunk_id"] for e in ex] == [c["id"] for c in chunks]
     assert {e["status"] for e in ex} <= {"ok", "invalid", "error"}
+    assert "is below the" not in out.log  # the default config asks for what its schema needs
     assert any(e["status"] == "ok" for e in ex)
     for split in ("train", "valid", "test"):
         rows = [json.loads(l) for l in open(run_dir / "dataset" / f"{split}.jsonl")]
@@ -84,7 +85,7 @@ def test_default_run_writes_the_contracted_artifacts(default_run):
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     for key in ("convert/docs", "process/chunks", "extract/json_valid_rate", "dataset/train",
                 "finetune/train_loss_final", "eval/val_loss_before", "eval/val_loss_after",
-                "eval/exact_match"):
+                "eval/your_documents_gain", "eval/unseen_facts_change", "eval/knowledge_score"):
         assert key in metrics, key
     assert metrics["convert/pdf_fallback_docs"] == 1  # no layout models here: native PDF, counted
 
@@ -94,12 +95,34 @@ def test_validation_loss_fell(default_run):
     assert metrics["eval/val_loss_after"] < metrics["eval/val_loss_before"]
 
 
+def test_the_tuned_model_knows_the_documents_better_and_says_so(default_run, store):
+    run_dir, out, _ = default_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    # The product's promise, on never-trained wordings of the trained facts, paired with the base.
+    assert m["eval/your_documents_n"] >= 60
+    assert m["eval/your_documents_gain"] >= 0.15 and m["eval/your_documents_p"] < 0.01, m
+    assert m["eval/unseen_facts_n"] >= 20 and m["eval/unseen_facts_ci_high"] > 0  # no evidence of forgetting
+    verdict = json.loads((run_dir / "eval.json").read_text())["verdict"]
+    assert verdict.startswith("knows your documents better: +")
+    assert verdict in (run_dir / "report.md").read_text()
+    _, run = mlflow_run(store, out.stdout)
+    assert run.data.tags["eval.verdict"] == verdict and verdict in run.data.tags["mlflow.note.content"]
+
+
+def test_the_report_reads_the_records_a_real_extraction_wrote(default_run):
+    from runner.report import collect, extraction_quality
+
+    f = collect(default_run[0], {}, {})
+    q = extraction_quality(f.extractions, f.kept_qa)["all"]
+    assert q["chunks"] > 0 and q["valid"] > 0.5 and 0 < q["grounded"] < 1
+
+
 def test_mlflow_has_stage_metrics_params_tags_and_artifacts(default_run, store):
     run_dir, out, _ = default_run
     client, run = mlflow_run(store, out.stdout)
     m, p, t = run.data.metrics, run.data.params, run.data.tags
     for key in ("convert/docs", "process/chunks", "extract/json_valid_rate",
-                "eval/val_loss_after", "eval/exact_match"):
+                "eval/val_loss_after", "eval/your_documents_gain"):
         assert key in m, key
     assert any(k.startswith("process/") and "seconds" in k for k in m)
     steps = client.get_metric_history(run.info.run_id, "finetune/train_loss")
@@ -182,9 +205,9 @@ def test_missing_inputs_name_the_producing_stage(tmp_path, store):
 def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
     sweep = tmp_path / "sweep"
     # The sweep is what this checks: each job trains and evaluates as little as still measures.
-    out, _ = runner(["-m", "lora.rank=4,8", "lora.iters=2", "lora.steps_per_eval=2", "lora.max_seq_length=256",
-                     "evaluate.max_examples=1", "evaluate.mcq_max_questions=1", "evaluate.max_tokens=16",
-                     "evaluate.mcq_max_tokens=8", f"hydra.sweep.dir={sweep}"],
+    out, _ = runner(["-m", "lora.rank=4,8", "lora.epochs=null", "lora.iters=2", "lora.steps_per_eval=2",
+                     "lora.max_seq_length=256", "evaluate.samples=1", "evaluate.generative_mcq=1",
+                     "evaluate.max_tokens=16", "evaluate.mcq_max_tokens=8", f"hydra.sweep.dir={sweep}"],
                     {"MLFLOW_TRACKING_URI": store})
     assert out.returncode == 0, out.log[-4000:]
     client = MlflowClient(tracking_uri=store)
@@ -195,7 +218,7 @@ def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
         last = json.loads((sweep / job / ".state" / "last_run.json").read_text())
         # Upstream work is shared through the stage cache; only training and evaluation run.
         assert last["extract"]["status"] == "cached" and last["finetune"]["status"] == "ran"
-        assert "eval/val_loss_after" in json.loads((sweep / job / "metrics.json").read_text())
+        assert "eval/knowledge_score" in json.loads((sweep / job / "metrics.json").read_text())
 
 
 def test_no_secret_reaches_logs_params_or_artifacts(tmp_path, store):

@@ -1,14 +1,17 @@
-"""Multiple-choice scoring: the TeleQnA format, strict and lenient parsing, per-category accuracy,
-and MCQ generated from the held-out split with glossary distractors. (The evaluate stage on a real
-tuned model is in test_finetune.py.)"""
+"""What evaluation stands on: the TeleQnA format, strict and lenient parsing of generated answers,
+paired statistics and the verdict, and the facts, wordings and probes of the dataset. (Scoring
+by log-likelihood and the evaluate stage on a real tuned model are in test_finetune.py.)"""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from components.training.evaluation import (MCQ, MCQError, generated_mcq, load_teleqna, parse_lenient,
-                                            parse_strict, score_mcq, token_f1)
+from components import dataset as D
+from components import knowledge as K
+from components import stats
+from components.mcq import MCQ, MCQError, load_teleqna, parse_lenient, parse_strict, score_generated
+from components.training.evaluation import token_f1
 from conftest import REPO
 
 FIXTURE = REPO / "tests" / "data" / "teleqna_sample.json"
@@ -52,7 +55,7 @@ def test_strict_and_lenient_parsing(reply, strict, lenient):
 
 def test_scores_overall_per_category_and_parse_failures():
     qs = [MCQ("a", "q", ("x", "y"), 1, "A"), MCQ("b", "q", ("x", "y"), 2, "A"), MCQ("c", "q", ("x", "y"), 2, "B")]
-    s = score_mcq(qs, ["1", "I'd say option 2", "x"])
+    s = score_generated(qs, ["1", "I'd say option 2", "x"])
     assert s["strict_accuracy"] == pytest.approx(1 / 3, abs=1e-3)
     assert s["accuracy"] == pytest.approx(2 / 3, abs=1e-3)
     assert s["strict_parse_failure_rate"] == pytest.approx(2 / 3, abs=1e-3)
@@ -60,33 +63,131 @@ def test_scores_overall_per_category_and_parse_failures():
                                  "B": {"n": 1, "accuracy": 0.0, "strict_accuracy": 0.0}}
 
 
-def _row(q, a, kind, doc):
-    return {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": q},
-                         {"role": "assistant", "content": a}], "meta": {"kind": kind, "doc_id": doc}}
+# --- paired statistics ------------------------------------------------------------------------------
+
+def test_mcnemar_exact_matches_the_binomial_test():
+    from scipy.stats import binomtest  # scipy comes with mlflow
+
+    for gained, lost in [(12, 1), (5, 5), (9, 2), (0, 3), (30, 10)]:
+        assert stats.mcnemar_exact(gained, lost) == pytest.approx(
+            binomtest(gained, gained + lost, 0.5).pvalue, rel=1e-9)
+    assert stats.mcnemar_exact(0, 0) == 1.0
 
 
-def test_generated_mcq_takes_distractors_from_the_same_documents_glossary():
-    test = [_row("What does AMF stand for?", "AMF stands for Access and Mobility Management Function.", "acronym", "d1"),
-            _row("Who reviews it?", "The site lead.", "qa", "d2")]
-    pool = test + [_row("x", "SMF stands for Session Management Function.", "acronym", "d3"),
-                   _row("y", "The operator.", "qa", "d3"), _row("z", "Nobody.", "qa", "d3"),
-                   _row("w", "The vendor.", "qa", "d4")]
-    glossary = [{"doc_id": "d1", "acronym": a, "expansion": e} for a, e in
-                [("UPF", "User Plane Function"), ("NRF", "Network Repository Function"),
-                 ("PCF", "Policy Control Function"), ("AMF", "Access and Mobility Management Function")]]
-    qs = generated_mcq(test, pool, glossary, n_options=4, seed=1)
-    assert len(qs) == 2
-    acr = qs[0]
-    assert acr.options[acr.answer - 1] == "Access and Mobility Management Function"
-    assert set(acr.options) - {"Access and Mobility Management Function"} == {
-        "User Plane Function", "Network Repository Function", "Policy Control Function"}
-    qa = qs[1]
-    assert qa.options[qa.answer - 1] == "The site lead." and len(set(qa.options)) == 4
-    # Without a glossary: other acronym answers of the dataset; too few distractors: skipped.
-    assert set(generated_mcq(test[:1], pool, [], n_options=2)[0].options) == {
-        "Access and Mobility Management Function", "Session Management Function"}
-    assert generated_mcq(test[:1], pool, [], n_options=3) == []
-    assert generated_mcq(test, pool, glossary, seed=1) == qs  # deterministic
+def test_paired_comparison_reports_n_difference_interval_and_p():
+    base = [False] * 30 + [True] * 10
+    tuned = [True] * 20 + [False] * 10 + [True] * 10  # 20 gained, none lost
+    c = stats.paired(base, tuned)
+    assert c["n"] == 40 and c["base"] == 0.25 and c["tuned"] == 0.75 and c["diff"] == 0.5
+    assert c["gained"] == 20 and c["lost"] == 0 and c["p"] < 1e-5
+    assert 0.3 < c["ci_low"] < 0.5 < c["ci_high"] < 0.7
+    same = stats.paired(base, base)
+    assert same["diff"] == 0 and same["p"] == 1.0 and same["ci_low"] == same["ci_high"] == 0
+    with pytest.raises(ValueError, match="same items"):
+        stats.paired([True], [True, False])
+
+
+def test_verdict_is_worded_from_the_numbers():
+    up = stats.paired([False] * 30 + [True] * 10, [True] * 20 + [False] * 10 + [True] * 10)
+    flat = stats.paired([True, False] * 10, [False, True] * 10)
+    down = stats.paired([True] * 30, [False] * 20 + [True] * 10)
+    v = stats.verdict({"your_documents": up, "unseen_facts": flat})
+    assert v.startswith("knows your documents better: +50 points (95 % CI +")
+    assert "p < 0.001, n = 40" in v and "unseen facts +0 points (n.s., n = 20)" in v
+    assert stats.verdict({"your_documents": flat}).startswith("no evidence the fine-tune helped")
+    assert "forgot general knowledge: −67 points" in stats.verdict({"your_documents": up, "general": down})
+    assert stats.knowledge_score({"your_documents": up, "unseen_facts": down}) == pytest.approx(0.5 - 0.6667, abs=1e-3)
+    assert stats.knowledge_score({"your_documents": up, "unseen_facts": flat}) == 0.5
+
+
+def test_wilson_interval_brackets_the_accuracy():
+    lo, hi = stats.wilson(30, 40)
+    assert lo < 0.75 < hi and 0.58 < lo and hi < 0.87
+    assert stats.wilson(0, 0) == (0.0, 0.0)
+
+
+# --- facts, wordings and probes ---------------------------------------------------------------------
+
+def _record(doc, chunk, clause, title, acronyms=(), definitions=()):
+    return {"doc_id": doc, "chunk_id": chunk, "clause": clause, "spec": "TS 38.999",
+            "section_path": [f"{clause} {title}"], "skip": None, "status": "ok",
+            "result": {"acronyms": [{"acronym": a, "expansion": e, "origin": "rule"} for a, e in acronyms],
+                       "definitions": [{"term": t, "definition": d, "origin": "rule"} for t, d in definitions],
+                       "qa": [], "spec_refs": [], "entities": []}}
+
+
+ACRONYMS = [("AMF", "Access and Mobility Management Function"), ("SMF", "Session Management Function"),
+            ("UPF", "User Plane Function"), ("NRF", "Network Repository Function"),
+            ("PCF", "Policy Control Function"), ("UDM", "Unified Data Management"),
+            ("AUSF", "Authentication Server Function"), ("NEF", "Network Exposure Function")]
+
+
+def _facts():
+    recs = [_record("d", "d#1", "3.2", "Abbreviations", ACRONYMS),
+            _record("d", "d#2", "5.1", "Registration"), _record("d", "d#3", "5.2", "Session setup"),
+            _record("d", "d#4", "5.3", "Handover"), _record("d", "d#5", "5.4", "Paging"),
+            _record("e", "e#1", "3.2", "Abbreviations", [("AMF", "access and mobility management function")])]
+    return K.facts_from_records(recs)
+
+
+def test_facts_are_distinct_and_clause_titles_are_facts():
+    facts = _facts()
+    kinds = [f.kind for f in facts]
+    assert kinds.count("acronym") == 8  # the lower-case repeat of AMF is the same fact
+    assert {(f.key, f.value) for f in facts if f.kind == "spec_clause"} == {
+        ("5.1", "Registration"), ("5.2", "Session setup"), ("5.3", "Handover"), ("5.4", "Paging")}
+
+
+def test_unseen_share_is_per_kind_seeded_and_never_a_whole_kind():
+    facts = _facts()
+    sets = K.assign(facts, 0.25, seed=0)
+    assert sum(sets[f.id] == "unseen" for f in facts if f.kind == "acronym") == 2
+    assert sum(sets[f.id] == "unseen" for f in facts if f.kind == "spec_clause") == 1
+    assert K.assign(facts, 0.25, seed=0) == sets and K.assign(facts, 0.25, seed=1) != sets
+    assert all(v == "trained" for v in K.assign(facts, 0.0, 0).values())
+    assert any(v == "trained" for v in K.assign(facts, 0.99, 0).values())
+
+
+def test_phrasings_cover_both_directions_and_an_option_number_answer():
+    facts = _facts()
+    amf = next(f for f in facts if f.key == "AMF")
+    pool = [f for f in facts if f.kind == "acronym"]
+    rows = K.training_rows(amf, pool, phrasings=4, n_options=4, seed=0)
+    assert len(rows) == 5 and rows[-1]["phrasing"] == "mcq"
+    texts = [r["question"] for r in rows[:4]]
+    assert len(set(texts)) == 4
+    assert any("AMF" in q for q in texts) and any("Access and Mobility Management Function" in q for q in texts)
+    mcq = rows[-1]
+    assert mcq["answer"].isdigit() and "option 4:" in mcq["question"]
+    assert f"option {mcq['answer']}: Access and Mobility Management Function" in mcq["question"]
+
+
+def test_probe_wordings_are_never_trained_and_distractors_stay_in_their_set():
+    facts = _facts()
+    sets = K.assign(facts, 0.25, seed=0)
+    cfg = D.DatasetConfig()
+    split = D.fact_examples(facts, sets, cfg)
+    probes, _ = D.probes(facts, sets, cfg)
+    trained_text = " ".join(e["instruction"] for e in split["train"])
+    for p in probes:
+        if p["split"] == "test":
+            assert p["question"] not in trained_text
+        mine = {f.value for f in facts if sets[f.id] == p["set"] and f.kind == p["kind"]}
+        assert set(p["options"]) <= mine and p["options"][p["answer"] - 1] == p["fact"]["value"]
+    assert {e["fact_id"] for e in split["train"]} == {f.id for f in facts if sets[f.id] == "trained"}
+    assert not {e["fact_id"] for e in split["train"]} & {e["fact_id"] for e in split["test"]}
+    valid_q = {e["instruction"] for e in split["valid"]}
+    assert valid_q <= {p["question"] for p in probes if p["split"] == "valid"}
+
+
+def test_a_training_example_that_states_an_unseen_fact_is_dropped():
+    facts = _facts()
+    smf = next(f for f in facts if f.key == "SMF")
+    rows = [{"instruction": "Summarise.", "input": "", "output": "The Session Management Function (SMF) sets up sessions.",
+             "kind": "summary"},
+            {"instruction": "Summarise.", "input": "", "output": "The SMF sets up sessions.", "kind": "summary"}]
+    kept, dropped = D.drop_leaks(rows, [smf])
+    assert dropped == 1 and kept == rows[1:]
 
 
 def test_token_f1():

@@ -471,6 +471,8 @@ def test_cluster_helpers_merge_node_metrics_and_tell_node_local_servers():
     assert node_local({"name": "embedded"})  # no URL: the server is started where the actor runs
     assert node_local({"base_url": "http://127.0.0.1:11434"}) and node_local({"base_url": "http://localhost:1234/v1"})
     assert not node_local({"base_url": "https://gpu-box.lab:8000/v1"})
+    # Ollama's own docs write OLLAMA_HOST without a scheme; one loopback rule (privacy's) for both.
+    assert node_local({"base_url": "127.0.0.1:11434"}) and not node_local({"base_url": "gpu-box.lab:11434"})
     merged = merge_metrics([{"service/requests": 4.0, "service/cache_hit_rate": 0.5, "service/x/latency_p50_s": 1.0},
                             {"service/requests": 6.0, "service/cache_hit_rate": 0.25, "service/x/latency_p50_s": 3.0}])
     assert merged == {"service/requests": 10.0, "service/cache_hit_rate": 0.375, "service/x/latency_p50_s": 2.0}

@@ -233,3 +233,16 @@ def test_a_stop_request_between_requests_abandons_the_chunk():
     ex.cancel.set()
     with pytest.raises(Cancelled):
         ex(CHUNK, "key")
+
+
+def test_the_request_template_changes_with_any_prompt_wording(monkeypatch):
+    # The extraction request key hashes it: an edited example or message reuses no stale record.
+    before = json.dumps(X.request_template())
+    for name, edit in (("_EXAMPLE_IN", X._EXAMPLE_IN + " edited"), ("SYSTEM_PROMPT", X.SYSTEM_PROMPT + " edited")):
+        with monkeypatch.context() as m:
+            m.setattr(X, name, edit)
+            assert json.dumps(X.request_template()) != before, name
+    with monkeypatch.context() as m:
+        m.setattr(X, "verify_messages", lambda text, q: [{"role": "user", "content": f"{text} / {q}"}])
+        assert json.dumps(X.request_template()) != before
+    assert json.dumps(X.request_template()) == before

@@ -43,7 +43,23 @@ def write_dataset(d: Path) -> Path:
     write_jsonl(d / "train.jsonl", rows[:12])
     write_jsonl(d / "valid.jsonl", rows[12:16])
     write_jsonl(d / "test.jsonl", rows[16:] + rows[10:12])
+    write_jsonl(d / "probes.jsonl", probes())
     return d
+
+
+def probes() -> list[dict]:
+    """The knowledge probes of the acronyms: the first 12 are trained, the other 4 unseen."""
+    from components import knowledge as K
+
+    facts = [K.Fact("acronym", a, e, "TS 99.901", f"doc{i % 4}", f"doc{i % 4}#1", "3.2", "rule")
+             for i, (a, e) in enumerate(ACRONYMS)]
+    sets = {f.id: "trained" if i < 12 else "unseen" for i, f in enumerate(facts)}
+    out = []
+    for split in ("valid", "test"):
+        for s in ("trained", "unseen"):
+            pool = [f for f in facts if sets[f.id] == s]
+            out += [{**K.probe(f, split, pool, 4, 0), "set": s} for f in pool]
+    return out
 
 
 # --- preflight (no mlx) ---------------------------------------------------------------------------
@@ -122,9 +138,9 @@ def test_wrong_lora_and_finetune_keys_fail_naming_them(compose):
 
 # --- real training (slow) -----------------------------------------------------------------------------
 
-TINY = ["lora.iters=8", "lora.max_seq_length=64", "lora.num_layers=2", "lora.batch_size=4",
-        "lora.steps_per_report=2", "lora.steps_per_eval=4", "lora.steps_per_save=2",
-        "evaluate.max_tokens=6", "evaluate.mcq_max_tokens=6", "evaluate.max_examples=3",
+TINY = ["lora.epochs=null", "lora.iters=8", "lora.max_seq_length=64", "lora.num_layers=2", "lora.batch_size=4",
+        "lora.steps_per_report=2", "lora.steps_per_eval=4", "lora.steps_per_save=2", "lora.warmup_fraction=0",
+        "evaluate.max_tokens=6", "evaluate.mcq_max_tokens=6", "evaluate.samples=3", "evaluate.generative_mcq=2",
         "evaluate.mcq_max_questions=3", "hardware=linux-cpu"]
 
 
@@ -361,33 +377,92 @@ def test_export_ollama_writes_a_fused_model_that_loads_and_generates(trained):
     assert metrics["finetune/exported"] == 1.0
 
 
+class TagRecorder(Recorder):
+    def __init__(self):
+        super().__init__()
+        self.tags: dict = {}
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+
 @pytest.mark.slow
-def test_evaluate_compares_base_and_tuned_on_the_same_prompts(trained, shared_cache):
+def test_evaluate_compares_base_and_tuned_on_the_same_items(trained, shared_cache):
     from runner.stages import evaluate
 
     run_dir, _, _, _ = trained
-    (run_dir / "glossary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-        {"doc_id": "doc3", "acronym": "XYZ", "expansion": "Cross Yield Zone"},
-        {"doc_id": "doc3", "acronym": "ABC", "expansion": "Adaptive Beam Control"}]))
     cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama",
                   f"evaluate.mcq_path={REPO / 'tests' / 'data' / 'teleqna_sample.json'}")
-    rec = Recorder()
+    rec = TagRecorder()
     m = evaluate.run(stage_ctx("evaluate", run_dir, cfg, rec))
-    for name in ("test_loss", "valid_loss", "test_ppl", "qa_exact_match", "qa_token_f1", "mcq_accuracy",
-                 "mcq_strict_accuracy", "mcq_strict_parse_failure_rate", "gen_mcq_accuracy"):
-        for side in ("base", "tuned", "delta"):
-            assert f"eval/{name}_{side}" in m, f"eval/{name}_{side}"
+    sizes = {"your_documents": 12, "unseen_facts": 4, "general": 3}
+    for name, n in sizes.items():
+        assert m[f"eval/{name}_n"] == n
+        diff = m[f"eval/{name}_{'gain' if name == 'your_documents' else 'change'}"]
+        assert diff == pytest.approx(m[f"eval/{name}_tuned"] - m[f"eval/{name}_base"], abs=1e-3)
+        assert m[f"eval/{name}_ci_low"] <= diff <= m[f"eval/{name}_ci_high"] and 0 < m[f"eval/{name}_p"] <= 1
+    assert m["eval/your_documents/acronym_base"] == m["eval/your_documents_base"]
+    assert any(k.startswith("eval/general/") for k in m)
+    for name in ("test_loss", "test_ppl"):
         assert m[f"eval/{name}_delta"] == pytest.approx(m[f"eval/{name}_tuned"] - m[f"eval/{name}_base"], abs=2e-4)
     assert m["eval/test_loss_tuned"] < m["eval/test_loss_base"]  # the tuned model fits held-out data better
-    assert m["eval/mcq_questions"] == 3
-    assert any(k.startswith("eval/mcq_category/") for k in m)
+    assert m["eval/generative_mcq_n"] == 2 and "eval/generative_mcq_strict_parse_failure_rate_tuned" in m
     out = json.loads((run_dir / "eval.json").read_text())
-    assert out["qa_samples"] and {"base", "tuned", "gold", "f1_base", "f1_tuned"} <= set(out["qa_samples"][0])
-    gen = out["mcq"]["gen_mcq"]
-    assert gen["questions"] >= 1
-    row = gen["rows"]["base"][0]
-    assert row["reply"] == out["mcq"]["gen_mcq"]["samples"][0]["base_reply"]
-    assert "comparison" in out and out["comparison"]["test_loss"]["delta"] == m["eval/test_loss_delta"]
+    assert out["verdict"] == rec.tags["eval.verdict"] and "your documents" in out["verdict"]
+    rows = out["sets"]["your_documents"]["rows"]
+    assert len(rows) == 12 and all(len(r["base_scores"]) == len(r["options"]) == 4 for r in rows)
+    assert out["samples"] and {"base", "tuned", "gold", "f1_base", "f1_tuned"} <= set(out["samples"][0])
+    assert m["eval/knowledge_score"] <= m["eval/your_documents_gain"]
+
+
+@pytest.mark.slow
+def test_ask_answers_with_base_and_tuned_side_by_side(trained, capsys):
+    from runner import ask
+
+    run_dir = trained[0]
+    assert ask.main(["--max-tokens", "8", "What does AMF stand for?", f"hydra.run.dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert f"Run: {run_dir}" in out and "\nbase:\n  " in out and "\ntuned:\n  " in out
+    assert ask.latest_run(run_dir.parent.parent) == run_dir
+
+
+def test_ask_without_a_finished_run_says_what_to_do(tmp_path, capsys):
+    from runner import ask
+
+    assert ask.main(["What does AMF stand for?", f"hydra.run.dir={tmp_path}"]) == 2
+    assert "no finished adapters" in capsys.readouterr().err
+    with pytest.raises(ask.AskError, match="run the pipeline first"):
+        ask.latest_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_log_likelihood_scoring_equals_scoring_each_option_alone(shared_cache):
+    """The batched, cached scorer against the plain sum over each full sequence."""
+    import mlx.core as mx
+
+    from components.mcq import MCQ
+    from components.training import lora, scoring
+
+    model_dir = make_cfg(f"cache_dir={shared_cache}")
+    from runner.config import build
+
+    mdir = build(model_dir.model, "model").local_dir(shared_cache)
+    model, tok = lora.load(mdir)
+    qs = [MCQ("a", "What does AMF stand for?", ("Access and Mobility Management Function", "Bandwidth Part",
+                                                 "UE", "Session Management Function"), 1),
+          MCQ("b", "Which protocol sits above PDCP in the user plane of NR, carrying QoS flows?",
+              ("SDAP", "The Radio Link Control protocol", "MAC"), 1)]
+    rows = scoring.score(model, tok, qs, SYSTEM)
+    head = scoring._head(model)
+    for q, r in zip(qs, rows):
+        prompt = scoring.prompt_tokens(tok, q.question, SYSTEM)
+        for opt, got in zip(q.options, r["scores"]):
+            c = tok.encode(opt, add_special_tokens=False)
+            lp = scoring._forward(model, head, mx.array([prompt + c]))[0]
+            want = sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)) / len(c)
+            assert got == pytest.approx(want, abs=2e-3)
+        assert r["choice"] == scoring.choose(r["scores"]) and r["correct"] == (r["choice"] == q.answer)
+    assert rows[0]["correct"]  # the base model knows what AMF stands for, given the choice
 
 
 @pytest.mark.slow

@@ -58,6 +58,16 @@ def test_inline_first_uses_outside_the_list(etsi_converted):
     assert inline["MAC"]["expansion"] == "Medium Access Control"
 
 
+def test_an_inline_use_never_overrides_or_pluralises_a_listed_acronym():
+    md = ("## 3.2 Abbreviations\n\nSN\tSequence Number\n\n## 5 Procedures\n\nThe receiver checks the "
+          "sequence numbers (SN) of all packet data units (PDU) it holds.\n")
+    rows = {r["acronym"]: r for r in glossary_rows(md, "d")}
+    assert rows["SN"] == {"doc_id": "d", "source": "abbreviations", "clause": "3.2", "acronym": "SN",
+                          "expansion": "Sequence Number"}
+    assert rows["PDU"]["expansion"] == "packet data unit" and rows["PDU"]["source"] == "inline"
+    assert sum(r["acronym"] == "SN" for r in glossary_rows(md, "d")) == 1
+
+
 def test_saved_docling_output_of_the_pdf_gives_the_same_rows(etsi_converted):
     """tests/data/etsi_pdf_docling.md is what Docling made of ts_138322v190200p.pdf."""
     doc, res = next((d, r) for d, r in _by_format(etsi_converted, "pdf")

@@ -128,11 +128,25 @@ def test_markdown_headings_unchanged():
     assert [r["kind"] for r in rows] == ["boilerplate", "body", "body"]
 
 
+CHANGE_HISTORY = ("# 1 Scope\n\nThe scope of it, written at some length for the chunker.\n\n"
+                  "# Annex B (informative): Change history\n\n| Date | CR | Subject |\n|---|---|---|\n"
+                  "| 2026-03 | 0042 | Correction of the timer table |\n\n"
+                  "# Annex C (normative): Timers\n\nThe timers of the example protocol, described in words.")
+
+
+def test_a_change_history_annex_is_boilerplate_not_body():
+    rows = chunks_of(CHANGE_HISTORY, CHUNK.model_copy(update={"min_chars": 0}))
+    kinds = {r["path"][-1]: r["kind"] for r in rows}
+    assert kinds == {"1 Scope": "body", "Annex B (informative): Change history": "boilerplate",
+                     "Annex C (normative): Timers": "body"}
+
+
 def test_engines_agree_on_printed_document(tmp_path, binary):
     docs = tmp_path / "documents"
     docs.mkdir()
     shutil.copy(DATA / "printed_spec.md", docs / "printed.md")
     (docs / "wrapped.md").write_text(PRINTED.replace("FAP", "FBP").replace("\n\n", "\n"), encoding="utf-8")
+    (docs / "history.md").write_text(CHANGE_HISTORY, encoding="utf-8")
     outs = []
     for engine in ("rust", "python"):
         cfg = cfg_for(tmp_path, engine=engine).model_copy(update={"output_path": str(tmp_path / f"{engine}.jsonl")})

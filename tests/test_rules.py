@@ -89,6 +89,9 @@ def test_skip_reasons():
                     "out-of-sync indications for the serving cell.", "section_path": ["5.1 RLM"]}
     assert rules.skip_reason(body, 12, 0.45) is None
     assert rules.skip_reason({**body, "kind": "front_matter"}, 12, 0.45) == "front_matter"
+    # The glossary rules read Abbreviations and Definitions clauses whole: no model request.
+    for title in ("3.2 Abbreviations", "3.1 Terms", "3 Definitions, symbols and abbreviations"):
+        assert rules.skip_reason({**body, "section_path": ["3 Definitions", title]}, 12, 0.45) == "glossary"
     assert rules.skip_reason({**body, "kind": "body"}, 12, 0.45) is None
     toc = {"text": "Contents\n\n6.2.3.1\n\n6.2.3.2 Data PDU .......... 12\n\n7 Procedures 14\n\n7.1"}
     assert rules.skip_reason(toc, 12, 0.45) in ("toc", "too_short")

@@ -24,7 +24,8 @@ Rows, one schema per kind (``source`` says which):
 
 ``clause`` is the clause number ("3.2"), or its title where it has none ("Foreword"), or "" for
 the front matter. Each (acronym, expansion) and (term, definition) appears once; an inline first
-use that repeats an Abbreviations entry is not emitted again.
+use of an acronym the Abbreviations clause lists is not emitted (the list is authoritative,
+prose may pluralise or lower-case it), and an inline expansion is made singular.
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ _ABBR_TITLE = re.compile(r"^(?:abbreviations?|acronyms?|abbreviations and acrony
 _DEFS_TITLE = re.compile(r"^(?:terms|definitions?|terms and definitions|definitions of terms"
                          r"|definition of terms)$", re.I)
 _MIXED_TITLE = re.compile(r"^definitions?(?: of terms)?(?:,| and)(?: symbols)?(?: and)? abbreviations$", re.I)
+
+
+def is_glossary_title(title: str) -> bool:
+    """An Abbreviations or Definitions clause's title (or both in one)."""
+    t = re.sub(r"\s+", " ", title).strip()
+    return bool(_ABBR_TITLE.match(t) or _DEFS_TITLE.match(t) or _MIXED_TITLE.match(t))
 
 
 def _clean(line: str) -> str:
@@ -263,6 +270,16 @@ def initials_form(short: str, words: list[str]) -> str | None:
     return None
 
 
+def _singular(acr: str, expansion: str) -> str:
+    """A first use in running prose is often plural ("sequence numbers (SN)"); the expansion
+    is the singular unless the acronym itself ends in a plural s."""
+    words = expansion.split()
+    last = words[-1]
+    if acr[-1:] not in "sS" and len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        words[-1] = last[:-1]
+    return " ".join(words)
+
+
 def _inline(text: str) -> list[tuple[str, str]]:
     out = []
     for m in _PAREN.finditer(text):
@@ -353,7 +370,11 @@ def glossary_rows(markdown: str, doc_id: str) -> list[dict]:
         inline += [(clause, acr, exp) for acr, exp in _inline(text)]
         if number or title:  # a heading's own words: "5G System (5GS)" in a title
             inline += [(clause, acr, exp) for acr, exp in _inline(title)]
+    listed = {r["acronym"] for r in rows if r["source"] == "abbreviations"}
     for clause, acr, exp in inline:
+        if acr in listed:  # the Abbreviations clause says what it stands for; prose only uses it
+            continue
+        exp = _singular(acr, exp)
         k = ("a", acr, _key(exp))
         if k not in seen:
             seen.add(k)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from components.files import staged_dir
 
-SAMPLE_VERSION = "v1"
+SAMPLE_VERSION = "v2"
 
 # Fixed timestamp so the generated files (and their content hashes) are reproducible.
 _ZIP_DATE = (2026, 1, 1, 0, 0, 0)
@@ -64,6 +64,36 @@ NR_ABBREVIATIONS = [
     ("SDAP", "Service Data Adaptation Protocol"),
     ("SRB", "Signalling Radio Bearer"),
     ("UE", "User Equipment"),
+    ("ARQ", "Automatic Repeat Request"),
+    ("BCCH", "Broadcast Control Channel"),
+    ("BLER", "Block Error Rate"),
+    ("C-RNTI", "Cell Radio Network Temporary Identifier"),
+    ("CCCH", "Common Control Channel"),
+    ("CORESET", "Control Resource Set"),
+    ("CQI", "Channel Quality Indicator"),
+    ("CSI", "Channel State Information"),
+    ("DCI", "Downlink Control Information"),
+    ("DL-SCH", "Downlink Shared Channel"),
+    ("FDD", "Frequency Division Duplex"),
+    ("HARQ", "Hybrid Automatic Repeat Request"),
+    ("MCS", "Modulation and Coding Scheme"),
+    ("MIB", "Master Information Block"),
+    ("PBCH", "Physical Broadcast Channel"),
+    ("PDCCH", "Physical Downlink Control Channel"),
+    ("PDSCH", "Physical Downlink Shared Channel"),
+    ("PRACH", "Physical Random Access Channel"),
+    ("PRB", "Physical Resource Block"),
+    ("PUCCH", "Physical Uplink Control Channel"),
+    ("PUSCH", "Physical Uplink Shared Channel"),
+    ("RACH", "Random Access Channel"),
+    ("RSRQ", "Reference Signal Received Quality"),
+    ("SCS", "Subcarrier Spacing"),
+    ("SIB", "System Information Block"),
+    ("SINR", "Signal to Interference plus Noise Ratio"),
+    ("SRS", "Sounding Reference Signal"),
+    ("SSB", "Synchronization Signal Block"),
+    ("TDD", "Time Division Duplex"),
+    ("UL-SCH", "Uplink Shared Channel"),
 ]
 
 CORE_ABBREVIATIONS = [
@@ -76,6 +106,28 @@ CORE_ABBREVIATIONS = [
     ("SMF", "Session Management Function"),
     ("S-NSSAI", "Single Network Slice Selection Assistance Information"),
     ("UPF", "User Plane Function"),
+    ("5QI", "5G QoS Identifier"),
+    ("AF", "Application Function"),
+    ("ARP", "Allocation and Retention Priority"),
+    ("AUSF", "Authentication Server Function"),
+    ("DN", "Data Network"),
+    ("GBR", "Guaranteed Bit Rate"),
+    ("GUTI", "Globally Unique Temporary Identifier"),
+    ("N3IWF", "Non-3GPP Interworking Function"),
+    ("NEF", "Network Exposure Function"),
+    ("NSI", "Network Slice Instance"),
+    ("NSSF", "Network Slice Selection Function"),
+    ("PCO", "Protocol Configuration Options"),
+    ("PLMN", "Public Land Mobile Network"),
+    ("QFI", "QoS Flow Identifier"),
+    ("SCP", "Service Communication Proxy"),
+    ("SEPP", "Security Edge Protection Proxy"),
+    ("SSC", "Session and Service Continuity"),
+    ("SUCI", "Subscription Concealed Identifier"),
+    ("SUPI", "Subscription Permanent Identifier"),
+    ("UDM", "Unified Data Management"),
+    ("UDR", "Unified Data Repository"),
+    ("URSP", "UE Route Selection Policy"),
 ]
 
 
@@ -106,6 +158,14 @@ def _nr_sections(release: int) -> list[Section]:
         Section("3.1", "Definitions", [
             "Serving cell: the cell on which the UE is camped or to which it is connected.",
             "Bandwidth part: a subset of contiguous common resource blocks configured for the UE.",
+            "Active bandwidth part: the bandwidth part on which the UE currently transmits and receives.",
+            "Default bandwidth part: the bandwidth part the UE returns to when its inactivity timer expires.",
+            "Primary cell: the serving cell on which the UE performs initial access and reads system information.",
+            "Secondary cell: a serving cell that adds radio resources on top of the primary cell.",
+            "Link recovery: the attempt of the UE to restore a failing radio link before it declares a failure.",
+            "Small data: uplink user data small enough to be sent while the UE stays in RRC_INACTIVE.",
+            "Packet duplication: the sending of the same packet over two independent radio paths.",
+            "Measurement gap: a period in which the UE pauses its service to measure other frequencies.",
         ]),
         Section("4", "General", [
             "The RRC protocol controls the connection between the UE and the gNB. It carries "
@@ -164,6 +224,16 @@ def _core_sections() -> list[Section]:
             "[3] 3GPP TS 23.502: \"Procedures for the 5G System (5GS)\".",
         ]),
         Section("3", "Definitions, symbols and abbreviations", []),
+        Section("3.1", "Definitions", [
+            "PDU session: an association between the UE and a data network that carries user data.",
+            "Network slice: a logical network that offers a defined set of capabilities to a group of users.",
+            "QoS flow: the finest granularity at which the core network tells apart user plane treatment.",
+            "Session anchor: the user plane function that terminates the interface towards the data network.",
+            "Registration area: the set of tracking areas in which the UE may move without registering again.",
+            "Policy rule: a set of instructions with which the policy function steers charging and QoS.",
+            "Inactivity period: the time without user data after which the network may release a session.",
+            "Subscription data: the information held for a subscriber that the network uses to authorise services.",
+        ]),
         Section("4", "Architecture", [
             "The AMF terminates the N1 and N2 interfaces and handles registration and mobility. "
             "The SMF establishes, modifies and releases PDU sessions and selects the UPF that "
@@ -277,10 +347,18 @@ TS 38.899 and TS 23.599 in this sample corpus.
 
 | Abbreviation | Expansion |
 |---|---|
+| EIRP | Equivalent Isotropically Radiated Power |
+| GNSS | Global Navigation Satellite System |
 | KPI | Key Performance Indicator |
+| LOS | Line of Sight |
+| NOC | Network Operations Centre |
+| OSS | Operations Support System |
 | PCI | Physical Cell Identity |
 | RSRP | Reference Signal Received Power |
+| RTT | Round Trip Time |
+| SON | Self-Organizing Network |
 | TAC | Tracking Area Code |
+| VSWR | Voltage Standing Wave Ratio |
 
 ## 3 Radio checks
 

@@ -17,15 +17,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+from components.llm.privacy import is_loopback
 
 
 def node_local(service: dict) -> bool:
-    """Each node has its own server: the embedded one, or a loopback URL (the default ones)."""
+    """Each node has its own server: the embedded one, or a loopback URL (the default ones;
+    ``127.0.0.1:11434`` without a scheme, as Ollama's OLLAMA_HOST is written, too)."""
     url = service.get("base_url")
-    return not url or urlsplit(str(url)).hostname in LOOPBACK
+    return not url or is_loopback(str(url))
 
 
 def merge_metrics(per_node: list[dict[str, float]]) -> dict[str, float]:

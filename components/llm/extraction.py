@@ -145,6 +145,15 @@ def messages_for(chunk: dict, spec: str | None, release: int | None, glossary: l
             {"role": "user", "content": user}]
 
 
+def request_template() -> list[list[dict]]:
+    """Every request a chunk can send, with placeholders for what varies: any edit of a prompt,
+    the worked example or a message's wording changes it (the extraction request key)."""
+    chunk = {"text": "{text}", "section_path": ["{clause}"]}
+    asked = messages_for(chunk, "{spec}", 0, [{"acronym": "{acronym}", "expansion": "{expansion}"}])
+    return [asked, repair_messages(asked, "{reply}", "{error}"), verify_messages("{text}", "{question}"),
+            closed_book_messages("{question}")]
+
+
 def repair_messages(messages: list[dict], reply: str, error: str) -> list[dict]:
     """One more try, telling the model what was wrong with its reply."""
     return messages + [{"role": "assistant", "content": reply[:2000]},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from components.documents import glossary
 from components.documents.glossary import is_page_furniture
 
 _SPEC = re.compile(
@@ -180,6 +181,8 @@ def skip_reason(chunk: dict, min_words: int, min_alpha_ratio: float) -> str | No
     kind = chunk.get("kind")
     if kind in ("front_matter", "boilerplate", "toc"):
         return kind
+    if glossary.is_glossary_title(clause_title(chunk)):
+        return "glossary"  # the document glossary reads it whole, by rule
     text = chunk["text"]
     lines = [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
     if lines and sum(bool(_TOC_LINE.match(l)) for l in lines) / len(lines) >= 0.6:

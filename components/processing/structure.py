@@ -22,7 +22,8 @@ BARE_NUMBER = re.compile(r"[0-9]{1,2}(?:\.[0-9]{1,3})*|[A-Z](?:\.[0-9]{1,3})+")
 UNNUMBERED = frozenset({"contents", "foreword", "introduction", "intellectual property rights", "legal notice",
                         "modal verbs terminology", "important notice", "copyright notification", "history"})
 BOILERPLATE = frozenset({"intellectual property rights", "legal notice", "modal verbs terminology",
-                         "important notice", "copyright notification", "foreword", "history"})
+                         "important notice", "copyright notification", "foreword", "history",
+                         "change history"})
 BODY_START = frozenset({"foreword", "scope"})
 CONTENTS = frozenset({"contents", "table of contents"})
 # A line ending in one of these words goes on.
@@ -86,7 +87,10 @@ def toc_key(line: str) -> str:
 
 
 def bare_title(title: str) -> str:
-    """The title without a leading clause number (a first word of digits and dots)."""
+    """The title without a leading clause number (a first word of digits and dots) or annex
+    label (``Annex B (informative): ``)."""
+    if title.startswith("Annex ") and ":" in title:
+        return title.split(":", 1)[1].lstrip(" ")
     first, sp, rest = title.partition(" ")
     if sp and first and all(c in "0123456789." for c in first):
         return rest

@@ -161,8 +161,10 @@ def _weights(reader, config: dict[str, Any], path: Path) -> dict[str, np.ndarray
 
 def _save_safetensors(weights: dict[str, np.ndarray], out: Path, dtype: str) -> None:
     if dtype == "bfloat16":
-        # numpy has no bfloat16, mlx does. Importing mlx here means a later use_fast_blas() is too late,
-        # so callers wanting bfloat16 should select BLAS first.
+        # numpy has no bfloat16, mlx does; the fast BLAS loads before mlx's first import.
+        from components.training.blas import use_fast_blas
+
+        use_fast_blas()
         import mlx.core as mx
 
         mx.save_safetensors(str(out), {k: mx.array(v).astype(mx.bfloat16) for k, v in weights.items()},

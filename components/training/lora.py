@@ -22,15 +22,12 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
-from components.files import build_dir, file_sha256, hash_path, write_json
+from components.files import build_dir, file_sha256, hash_path, read_jsonl, write_json
 from components.settings import Settings
 from components.training import preflight
 
 log = logging.getLogger(__name__)
 
-# Attention and MLP projections: the LoRA targets for llama, Qwen3 and Gemma 3 blocks alike.
-PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 CHECKPOINT_FORMAT = 1
 
 
@@ -45,18 +42,24 @@ class LoraConfig(Settings):
     num_layers: int = Field(8, ge=-1)  # LoRA on the last N blocks; -1: all
     iters: int = Field(30, ge=1)
     epochs: float | None = Field(None, gt=0)  # set: overrides iters (passes over train.jsonl)
+    max_iters: int | None = Field(None, ge=1)  # a ceiling on the iterations epochs ask for
     batch_size: int = Field(4, ge=1)
     grad_accumulation_steps: int = Field(1, ge=1)
     grad_checkpoint: bool = False
     learning_rate: float = Field(5e-4, gt=0)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = Field(0, ge=0)  # optimizer updates of linear warm-up from 0
+    warmup_fraction: float = Field(0.0, ge=0, lt=1)  # of the updates, when warmup_steps is 0
     min_learning_rate: float = Field(0.0, ge=0)  # where cosine and linear decay end
     max_seq_length: int = Field(512, ge=16)
     steps_per_report: int = Field(5, ge=1)
-    steps_per_eval: int = Field(15, ge=1)  # validation on the first report step at or after
+    steps_per_eval: int | None = Field(15, ge=1)  # validation on the first report step at or
+    # after; null: four validations over the run
+    select_best: bool = True  # keep the checkpoint with the best validation probe score
+    val_probes: int = Field(32, ge=1)  # validation probes asked at each validation (a seeded subset)
+    early_stopping_patience: int | None = Field(None, ge=1)  # validations without a better score
     steps_per_save: int = Field(10, ge=1)  # checkpoint a rerun resumes from
-    val_batches: int = Field(-1, ge=-1)
+    val_batches: int = Field(-1, ge=-1)  # the shortest val_batches x batch_size of valid; -1: all
     mask_prompt: bool = True
     seed: int = 0
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # weights and compute
@@ -191,7 +194,7 @@ class Checkpoint:
 
     root: Path
 
-    def save(self, step: int, model, optimizer, key: str) -> None:
+    def save(self, step: int, model, optimizer, key: str, selection: "Selection | None" = None) -> None:
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
@@ -202,9 +205,16 @@ class Checkpoint:
                             dict(tree_flatten(model.trainable_parameters())))
         opt_state = {k: v for k, v in tree_flatten(optimizer.state) if k not in ("step", "learning_rate")}
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+        files = ["adapters.safetensors", "optimizer.safetensors"]
+        kept = None
+        if selection is not None and selection.weights is not None:
+            # The best weights so far: a resumed run keeps choosing among the same checkpoints.
+            mx.save_safetensors(str(tmp / "best.safetensors"), selection.weights)
+            files.append("best.safetensors")
+            kept = {"score": selection.best[0], "step": selection.best[1], "since_best": selection.since_best}
         write_json(tmp / "checkpoint.json", {
             "format": CHECKPOINT_FORMAT, "step": step, "optimizer_step": int(optimizer.step.item()),
-            "key": key, "sha256": {f: file_sha256(tmp / f) for f in ("adapters.safetensors", "optimizer.safetensors")}})
+            "key": key, "selection": kept, "sha256": {f: file_sha256(tmp / f) for f in files}})
         old = self.root.with_name(self.root.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if self.root.exists():
@@ -225,9 +235,14 @@ class Checkpoint:
                 continue
         return None
 
-    def restore(self, info: dict, model, optimizer) -> None:
+    def restore(self, info: dict, model, optimizer, selection: "Selection | None" = None) -> None:
         import mlx.core as mx
         from mlx.utils import tree_unflatten
+
+        kept = info.get("selection")
+        if selection is not None and kept:
+            selection.best, selection.since_best = (kept["score"], kept["step"]), kept["since_best"]
+            selection.weights = dict(mx.load(str(info["root"] / "best.safetensors")))
 
         model.load_weights(str(info["root"] / "adapters.safetensors"), strict=False)
         optimizer.init(model.trainable_parameters())
@@ -247,15 +262,16 @@ def _schedule(lora: LoraConfig, updates: int):
     from mlx_lm.tuner.utils import build_schedule
 
     lr, end = lora.learning_rate, lora.min_learning_rate
+    warmup = lora.warmup_steps or int(lora.warmup_fraction * updates)
     if lora.lr_schedule == "cosine":
-        spec = {"name": "cosine_decay", "arguments": [lr, max(1, updates - lora.warmup_steps), end]}
+        spec = {"name": "cosine_decay", "arguments": [lr, max(1, updates - warmup), end]}
     elif lora.lr_schedule == "linear":
-        spec = {"name": "linear_schedule", "arguments": [lr, end, max(1, updates - lora.warmup_steps)]}
-    elif lora.warmup_steps:
+        spec = {"name": "linear_schedule", "arguments": [lr, end, max(1, updates - warmup)]}
+    elif warmup:
         spec = {"name": "linear_schedule", "arguments": [lr, lr, 1]}  # constant after warm-up
     else:
         return lr
-    return build_schedule({**spec, "warmup": lora.warmup_steps})
+    return build_schedule({**spec, "warmup": warmup})
 
 
 def _available_bytes() -> float:
@@ -264,16 +280,104 @@ def _available_bytes() -> float:
     return float(psutil.virtual_memory().available)
 
 
+class _Subset:
+    """Some examples of a tokenised dataset, in mlx-lm's dataset protocol."""
+
+    def __init__(self, data, rows: list[int]) -> None:
+        self.data, self.rows = data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.data[self.rows[i]]
+
+
+class Selection:
+    """The checkpoint a run keeps: the best validation score so far and the adapter weights that
+    made it, and when to stop for want of a better one.
+
+    The score is the accuracy on the validation probes (never-trained wordings of the facts),
+    the trained and the unseen ones together, so a checkpoint that learned by forgetting scores
+    no better than one that learned less. Without probes, the validation loss decides.
+    """
+
+    def __init__(self, probes: list[dict], tokenizer, system: str | None, patience: int | None,
+                 limit: int = 32, seed: int = 0) -> None:
+        import random
+
+        from components.mcq import MCQ
+
+        valid = [p for p in probes if p["split"] == "valid"]
+        # A validation asks at most ``limit`` probes, each set in its share.
+        random.Random(seed).shuffle(valid)
+        keep = min(limit, len(valid))
+        share = {s: round(keep * sum(p["set"] == s for p in valid) / max(1, len(valid))) for s in ("trained", "unseen")}
+        self.sets = {s: [MCQ.from_probe(p) for p in valid if p["set"] == s][: max(1, share[s])]
+                     for s in ("trained", "unseen")}
+        self.tokenizer, self.system, self.patience = tokenizer, system, patience
+        self.best: tuple[float, int] | None = None  # (score, step)
+        self.weights: dict | None = None
+        self.since_best = 0
+
+    @property
+    def uses_probes(self) -> bool:
+        return bool(self.sets["trained"])
+
+    def measure(self, model, step: int, val_loss: float) -> dict[str, float]:
+        """The step's validation score (step 0, the base model, gives its loss alone)."""
+        from components.training import scoring
+
+        if step == 0:
+            return {}
+        out: dict[str, float] = {}
+        if not self.uses_probes:
+            score = -val_loss
+        else:
+            right = asked = 0
+            for name, qs in self.sets.items():
+                if qs:
+                    rows = scoring.score(model, self.tokenizer, qs, self.system)
+                    out[f"finetune/probe_{name}_accuracy"] = sum(r["correct"] for r in rows) / len(rows)
+                    right, asked = right + sum(r["correct"] for r in rows), asked + len(rows)
+            score = right / asked
+        out["finetune/selection_score"] = score
+        if self.best is None or score > self.best[0]:
+            from mlx.utils import tree_flatten
+
+            self.best, self.since_best = (score, step), 0
+            # mlx arrays are values: the optimizer's next update makes new ones, so holding
+            # these is a copy of the weights at this step.
+            self.weights = dict(tree_flatten(model.trainable_parameters()))
+        else:
+            self.since_best += 1
+        return out
+
+    @property
+    def stop(self) -> bool:
+        return self.patience is not None and self.since_best >= self.patience
+
+    def restore(self, model) -> int | None:
+        """Put the best weights back; return their step (None when there were none)."""
+        if self.best is None or self.weights is None:
+            return None
+        model.load_weights(list(self.weights.items()), strict=False)
+        return self.best[1]
+
+
 def _model_config(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
 
 
 def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
-          log_metrics: Callable[[dict, int], None], prov: dict,
+          log_metrics: Callable[[dict, int], None], prov: dict, system: str | None = None,
           cancel: threading.Event | None = None, available_bytes: float | None = None) -> dict[str, float]:
     """Train LoRA adapters into ``out_dir`` (published atomically); return final metrics.
 
-    Resumes from ``<out_dir>.checkpoint`` when one was made under the same provenance. Raises
+    Validation (loss, and the validation probes of ``<data_dir>/probes.jsonl`` asked in the
+    ``system`` prompt) picks the weights kept (``lora.select_best``) and may stop the run early
+    (``lora.early_stopping_patience``). Resumes from ``<out_dir>.checkpoint`` when one was made
+    under the same provenance. Raises
     ``TrainingStopped`` when ``cancel`` is set (after saving a checkpoint), and
     ``preflight.PreflightError`` when the run cannot fit the memory available.
     """
@@ -320,6 +424,12 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     iters = lora.iters
     if lora.epochs is not None:
         iters = max(1, math.ceil(lora.epochs * len(train_set) / plan.batch_size))
+        if lora.max_iters is not None and iters > lora.max_iters:
+            log.warning("finetune: %g epochs of %d examples are %d iterations; lora.max_iters caps "
+                        "them at %d", lora.epochs, len(train_set), iters, lora.max_iters)
+            iters = lora.max_iters
+    every = lora.steps_per_eval or max(lora.steps_per_report,
+                                       lora.steps_per_report * round(iters / 4 / lora.steps_per_report))
     accum = plan.grad_accumulation_steps
     mx.eval(model.parameters())  # materialise the (lazily loaded) weights in the chosen dtype
     mx.random.seed(lora.seed)
@@ -334,6 +444,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
                                        "linear layer of this model's blocks")
     optimizer = optim.Adam(learning_rate=_schedule(lora, max(1, iters // accum)))
 
+    probes_path = data_dir / "probes.jsonl"
+    selection = Selection(read_jsonl(probes_path) if probes_path.is_file() else [], tokenizer, system,
+                          lora.early_stopping_patience, lora.val_probes, lora.seed)
     # Effective values join the provenance of a checkpoint: a resumed run must continue the same
     # run, not one with another batch or rank.
     ckpt = Checkpoint(out_dir.with_name(out_dir.name + ".checkpoint"))
@@ -342,7 +455,7 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     start = 0
     info = ckpt.load_info(run_key)
     if info and info["step"] < iters:
-        ckpt.restore(info, model, optimizer)
+        ckpt.restore(info, model, optimizer, selection)
         start = info["step"]
         log.info("finetune: resuming from the checkpoint at step %d of %d (optimizer step %d)",
                  start, iters, info["optimizer_step"])
@@ -351,19 +464,29 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         ckpt.remove()
 
     last: dict[str, float] = {}
-    state = {"saved": start, "last_val": None, "stopped": None}
+    state = {"saved": start, "last_val": None, "stopped": None, "early": None}
+
+    val_by_step: dict[int, float] = {}
 
     def log_at(metrics: dict, step: int) -> None:
         last.update(metrics)
         log_metrics({k: float(v) for k, v in metrics.items()}, step)
 
+    # The same shortest examples at every validation, so the losses compare.
+    val_rows = sorted(range(len(valid_set)), key=valid_set.itemlen)
+    if lora.val_batches > 0:
+        val_rows = val_rows[: lora.val_batches * plan.batch_size]
+    val_subset = _Subset(valid_set, val_rows)
+
     def validate(step: int) -> None:
-        val = evaluate(model=model, dataset=valid_set, batch_size=plan.batch_size,
-                       num_batches=lora.val_batches, max_seq_length=lora.max_seq_length,
-                       iterate_batches=mlx_batches)
+        val = evaluate(model=model, dataset=val_subset, batch_size=min(plan.batch_size, len(val_subset)),
+                       num_batches=-1, max_seq_length=lora.max_seq_length, iterate_batches=mlx_batches)
+        val_by_step[step] = float(val)
+        model.eval()
+        found = selection.measure(model, step, val)
         model.train()
         state["last_val"] = step
-        log_at({"finetune/val_loss": val}, step)
+        log_at({"finetune/val_loss": val, **found}, step)
 
     class Reporter(TrainingCallback):
         def on_train_loss_report(self, info: dict) -> None:
@@ -376,8 +499,10 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
                     "finetune/peak_memory_gb": info["peak_memory"]}, step)
             # Validation on report steps, so both curves share their steps.
             lv = state["last_val"]
-            if step == iters or lv is None or step - lv >= lora.steps_per_eval:
+            if step == iters or lv is None or step - lv >= every:
                 validate(step)
+                if selection.stop and step < iters:
+                    state["early"] = step
 
     def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
         inner = mlx_batches(dataset, batch_size, max_seq_length, loop=loop,
@@ -391,11 +516,13 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
                 continue
             # Asked for the next batch: step ``done`` is trained and evaluated.
             if done > start and done % accum == 0 and done - state["saved"] >= lora.steps_per_save:
-                ckpt.save(done, model, optimizer, run_key)
+                ckpt.save(done, model, optimizer, run_key, selection)
                 state["saved"] = done
+            if state["early"] is not None:
+                return
             if cancel.is_set():
                 if done > state["saved"] and done % accum == 0:
-                    ckpt.save(done, model, optimizer, run_key)
+                    ckpt.save(done, model, optimizer, run_key, selection)
                     state["saved"] = done
                 state["stopped"] = done
                 return
@@ -423,6 +550,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
             raise TrainingStopped(state["saved"] if saved else 0, saved)
         seconds = time.perf_counter() - t0
         peak = mx.get_peak_memory() / preflight.GB
+        kept = selection.restore(model) if lora.select_best else None
+        if kept is not None:
+            log.info("finetune: keeping the weights of step %d (validation score %.4g)", kept, selection.best[0])
         mx.save_safetensors(str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         training = {
             "iters": iters, "resumed_from_step": start, "batch_size": plan.batch_size,
@@ -431,6 +561,12 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
             "estimate_gb": est_gb, "peak_memory_gb": round(peak, 3),
             "available_gb": round(available / preflight.GB, 2), "preflight_changes": list(plan.changes),
             "final": {k: round(v, 6) for k, v in last.items()},
+            "kept_step": kept if kept is not None else state["early"] or iters,
+            "stopped_early_at": state["early"],
+            "selection": "validation probes" if selection.uses_probes else "validation loss",
+            "best_score": round(selection.best[0], 6) if selection.best else None,
+            "val_loss_base": val_by_step.get(0),
+            "val_loss_kept": val_by_step.get(kept if kept is not None else max(val_by_step, default=-1)),
         }
         # mlx_lm.load(adapter_path=...) reads fine_tune_type, num_layers and lora_parameters.
         write_json(tmp / "adapter_config.json", {
@@ -460,6 +596,10 @@ def training_metrics(training: dict) -> dict[str, float]:
         if training["peak_memory_gb"] else 0.0,
         "finetune/available_gb": float(training["available_gb"]),
     })
+    if training.get("kept_step") is not None:
+        out["finetune/kept_step"] = float(training["kept_step"])
+    if training.get("best_score") is not None:
+        out["finetune/best_selection_score"] = float(training["best_score"])
     return out
 
 

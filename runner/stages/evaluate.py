@@ -1,17 +1,25 @@
-"""evaluate: the base and the tuned model on the same prompts.
+"""evaluate: the base and the tuned model on exactly the same items.
 
-Validation and test loss (with perplexity), held-out Q&A exact match and token F1, multiple
-choice from ``evaluate.mcq_path`` (TeleQnA format) and generated from the held-out split, each for
-base and tuned with the delta; ``eval.json`` holds the metrics and the tables the report shows.
-Adapters made under another lora/model config or another dataset are refused.
+Primary: the knowledge probes (``dataset/probes.jsonl``, test wording) of the trained facts
+(``your_documents``) and of the facts kept out of training (``unseen_facts``), and the questions
+of ``evaluate.mcq_path`` (``general``), each multiple choice scored by log-likelihood and compared
+pairwise: n, both accuracies, the difference with a 95 % bootstrap interval and McNemar's exact
+p, per set and per kind or category. From them a verdict (report headline, MLflow description
+and tag) and ``eval/knowledge_score``, what sweeps maximise. Secondary: validation and test
+loss with perplexity, a few generated answers, and generated multiple choice on a small sample
+(strict and lenient parsing). ``eval.json`` holds it all. Adapters made under another
+lora/model config or another dataset are refused.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 from omegaconf import OmegaConf
 
+from components import stats
 from components.files import read_jsonl, write_json
+from components.mcq import MCQ, MCQError, load_teleqna, score_generated
 from components.progress import Progress
 from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
@@ -19,43 +27,52 @@ from runner.stage import Interrupted, StageContext, StageError
 log = logging.getLogger(__name__)
 
 INPUTS = ["dataset", "adapters"]
-OPTIONAL_INPUTS = ["glossary.jsonl"]
 OUTPUTS = ["eval.json"]
-CONFIG = ["model", "lora", "evaluate", "cache_dir"]
+CONFIG = ["model", "lora", "evaluate", "cache_dir", "dataset.system_prompt"]
 
 
-def _answers(lora, model, tok, prompts, max_tokens, cancel):
+def _generate(lora, model, tok, prompts, max_tokens, cancel, progress) -> list[str]:
     out = []
-    with Progress("evaluate", len(prompts), unit="answers") as progress:
-        for p in prompts:
-            if cancel.is_set():
-                raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
-            out.extend(lora.generate_answers(model, tok, [p], max_tokens))
-            progress.advance()
+    for p in prompts:
+        if cancel.is_set():
+            raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
+        out.extend(lora.generate_answers(model, tok, [p], max_tokens))
+        progress.advance()
     return out
 
 
-def _score(ev, lora, model, tok, data, qa_rows, mcq_sets, cfg, lcfg, cancel) -> dict:
+def _measure(lora, scoring, model, tok, data, sets, samples, generative, cfg, lcfg, system, cancel) -> dict:
     """Everything measured on one model (base, then the same model with adapters)."""
-    batch = lcfg.batch_size
-    res = {}
-    for split in ("valid", "test"):
-        ds = lora.dataset(data / f"{split}.jsonl", tok, lcfg.mask_prompt)
-        res[f"{split}_loss"] = lora.loss(model, ds, batch, lcfg.max_seq_length)
-        res[f"{split}_ppl"] = lora.perplexity(res[f"{split}_loss"])
-    preds = _answers(lora, model, tok, [r["messages"][:-1] for r in qa_rows], cfg.max_tokens, cancel)
-    res["qa"] = [{"prediction": p, "exact_match": ev.normalize(p) == ev.normalize(r["messages"][-1]["content"]),
-                  "f1": round(ev.token_f1(p, r["messages"][-1]["content"]), 4)} for r, p in zip(qa_rows, preds)]
-    for name, qs in mcq_sets.items():
-        replies = _answers(lora, model, tok, [q.messages() for q in qs],
-                           cfg.mcq_max_tokens, cancel)
-        res[name] = ev.score_mcq(qs, replies)
+    res: dict = {"sets": {}}
+    questions = sum(len(qs) for qs in sets.values())
+    with Progress("evaluate", questions + len(samples) + len(generative), unit="answers") as progress:
+        for name, qs in sets.items():
+            if cancel.is_set():
+                raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
+            res["sets"][name] = scoring.score(model, tok, qs, system, on_question=progress.advance)
+        ds = lora.dataset(data / "test.jsonl", tok, lcfg.mask_prompt)
+        if len(ds):
+            res["test_loss"] = lora.loss(model, ds, lcfg.batch_size, lcfg.max_seq_length)
+            res["test_ppl"] = lora.perplexity(res["test_loss"])
+        res["samples"] = _generate(lora, model, tok, [r["messages"][:-1] for r in samples], cfg.max_tokens,
+                                   cancel, progress)
+        res["generative"] = score_generated(generative, _generate(
+            lora, model, tok, [q.messages() for q in generative], cfg.mcq_max_tokens, cancel, progress))
     return res
+
+
+def _by(rows_b: list[dict], rows_t: list[dict], key: str, resamples: int, seed: int) -> dict[str, dict]:
+    groups: dict[str, tuple[list, list]] = {}
+    for b, t in zip(rows_b, rows_t):
+        g = groups.setdefault(b[key], ([], []))
+        g[0].append(b["correct"])
+        g[1].append(t["correct"])
+    return {k: stats.paired(b, t, resamples, seed) for k, (b, t) in sorted(groups.items())}
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     from components.training import evaluation as ev
-    from components.training import lora
+    from components.training import lora, scoring
 
     cfg, lcfg = build(ctx.cfg.evaluate, "evaluate"), build(ctx.cfg.lora, "lora")
     adapters, data = ctx.path("adapters"), ctx.path("dataset")
@@ -66,90 +83,105 @@ def run(ctx: StageContext) -> dict[str, float]:
         raise StageError(f"evaluate: {adapters} was not made by this config ({why}); re-run "
                          "fine-tuning with it: stages=[finetune,evaluate]")
     mdir = build(ctx.cfg.model, "model").local_dir(ctx.cfg.cache_dir)
+    system = ctx.cfg.dataset.system_prompt
 
-    qa_rows = read_jsonl(data / "test.jsonl")[: cfg.max_examples]
-    mcq_sets: dict[str, list] = {}
+    probes = [p for p in read_jsonl(data / "probes.jsonl") if p["split"] == "test"] \
+        if (data / "probes.jsonl").is_file() else []
+    sets = {name: [MCQ.from_probe(p) for p in probes if p["set"] == s] for name, s in ev.SETS.items()}
     if cfg.mcq_path:
         try:
-            mcq_sets["mcq"] = ev.load_teleqna(cfg.mcq_path)[: cfg.mcq_max_questions]
-        except ev.MCQError as exc:
+            sets["general"] = load_teleqna(cfg.mcq_path)[: cfg.mcq_max_questions]
+        except MCQError as exc:
             raise StageError(f"evaluate.mcq_path: {exc}") from None
-    if cfg.generated_mcq:
-        glossary = read_jsonl(ctx.path("glossary.jsonl")) if ctx.path("glossary.jsonl").is_file() else []
-        pool = [r for s in ("train", "valid", "test") for r in read_jsonl(data / f"{s}.jsonl")]
-        mcq_sets["gen_mcq"] = ev.generated_mcq(read_jsonl(data / "test.jsonl"), pool, glossary,
-                                               cfg.generated_options, cfg.seed, cfg.mcq_max_questions)
+    sets = {k: v for k, v in sets.items() if v}
+    if not sets.get("your_documents"):
+        log.warning("evaluate: no probes of trained facts in %s: nothing shows what the fine-tune "
+                    "taught (the corpus gave no glossary, definitions or clause titles)", data / "probes.jsonl")
+    samples = read_jsonl(data / "test.jsonl")[: cfg.samples]
+    generative = sets.get("your_documents", [])[: cfg.generative_mcq]
 
-    import mlx.core as mx
+    mx = lora.import_mlx()  # before any other mlx import: the fast BLAS must load first
     from mlx_lm.tuner.utils import load_adapters
 
+    t0 = time.perf_counter()
     model, tok = lora.load(mdir)
     if lcfg.dtype != "float32":
         model.set_dtype(getattr(mx, lcfg.dtype))
+    model.eval()
     mx.random.seed(cfg.seed)
-    base = _score(ev, lora, model, tok, data, qa_rows, mcq_sets, cfg, lcfg, ctx.cancel)
+    args = (lora, scoring, model, tok, data, sets, samples, generative, cfg, lcfg, system, ctx.cancel)
+    base = _measure(*args)
     load_adapters(model, str(adapters))
     model.eval()
-    tuned = _score(ev, lora, model, tok, data, qa_rows, mcq_sets, cfg, lcfg, ctx.cancel)
+    tuned = _measure(*args)
+    seconds = time.perf_counter() - t0
 
     def r4(x):
         return round(float(x), 4)
 
     m: dict[str, float] = {}
+    compared, per_group = {}, {}
+    for name in sets:
+        b, t = base["sets"][name], tuned["sets"][name]
+        c = stats.paired([r["correct"] for r in b], [r["correct"] for r in t], cfg.bootstrap_resamples, cfg.seed)
+        compared[name] = c
+        per_group[name] = _by(b, t, "category", cfg.bootstrap_resamples, cfg.seed)
+        m.update({f"eval/{name}_n": c["n"], f"eval/{name}_base": c["base"], f"eval/{name}_tuned": c["tuned"],
+                  f"eval/{name}_{'gain' if name == 'your_documents' else 'change'}": c["diff"],
+                  f"eval/{name}_ci_low": c["ci_low"], f"eval/{name}_ci_high": c["ci_high"],
+                  f"eval/{name}_p": c["p"]})
+        for group, g in per_group[name].items():
+            slug = "".join(ch if ch.isalnum() else "_" for ch in group.lower()).strip("_")
+            m[f"eval/{name}/{slug}_base"], m[f"eval/{name}/{slug}_tuned"] = g["base"], g["tuned"]
+    verdict = stats.verdict(compared)
+    if "your_documents" in compared and "unseen_facts" in compared:
+        pick = {k: ([r["correct"] for r in base["sets"][k]], [r["correct"] for r in tuned["sets"][k]])
+                for k in ("your_documents", "unseen_facts")}
+        over = stats.gain_over_control(pick["your_documents"], pick["unseen_facts"], cfg.bootstrap_resamples, cfg.seed)
+        compared["your_documents"]["over_unseen"] = over
+        m.update({"eval/gain_over_unseen": over["diff"], "eval/gain_over_unseen_ci_low": over["ci_low"],
+                  "eval/gain_over_unseen_ci_high": over["ci_high"]})
+    m["eval/knowledge_score"] = stats.knowledge_score(compared)
+    for k in ("test_loss", "test_ppl"):
+        if k in base:
+            m[f"eval/{k}_base"], m[f"eval/{k}_tuned"], m[f"eval/{k}_delta"] = r4(base[k]), r4(tuned[k]), r4(tuned[k] - base[k])
+    gb, gt = base["generative"], tuned["generative"]
+    if gb["n"]:
+        for k in ("accuracy", "strict_accuracy", "strict_parse_failure_rate"):
+            m[f"eval/generative_mcq_{k}_base"], m[f"eval/generative_mcq_{k}_tuned"] = gb[k], gt[k]
+        m["eval/generative_mcq_n"] = gb["n"]
+    m["eval/seconds"] = round(seconds, 2)
+    training = lora.adapter_record(adapters).get("training", {})
+    if training.get("val_loss_base") is not None and training.get("val_loss_kept") is not None:
+        # The validation loss the finetune stage measured on the base and the kept weights (the
+        # names earlier runs and sweeps use).
+        b, t = training["val_loss_base"], training["val_loss_kept"]
+        m.update({"eval/val_loss_before": r4(b), "eval/val_loss_after": r4(t), "eval/val_loss_delta": r4(t - b),
+                  "eval/val_ppl_after": r4(lora.perplexity(t))})
+    ctx.tracker.set_tags({"eval.verdict": verdict[:5000]})
+    log.info("evaluate: %s", verdict)
 
-    def pair(name, b, t):
-        m[f"eval/{name}_base"], m[f"eval/{name}_tuned"] = r4(b), r4(t)
-        m[f"eval/{name}_delta"] = r4(t - b)
-
-    for split in ("valid", "test"):
-        pair(f"{split}_loss", base[f"{split}_loss"], tuned[f"{split}_loss"])
-        pair(f"{split}_ppl", base[f"{split}_ppl"], tuned[f"{split}_ppl"])
-    n = len(qa_rows)
-    for key, metric in (("exact_match", "qa_exact_match"), ("f1", "qa_token_f1")):
-        pair(metric, sum(r[key] for r in base["qa"]) / n if n else 0.0,
-             sum(r[key] for r in tuned["qa"]) / n if n else 0.0)
-    m["eval/qa_examples"] = n
-    tables: dict = {}
-    for name in mcq_sets:
-        b, t = base[name], tuned[name]
-        pair(f"{name}_accuracy", b["accuracy"], t["accuracy"])
-        pair(f"{name}_strict_accuracy", b["strict_accuracy"], t["strict_accuracy"])
-        pair(f"{name}_strict_parse_failure_rate", b["strict_parse_failure_rate"], t["strict_parse_failure_rate"])
-        m[f"eval/{name}_questions"] = b["n"]
-        cats = {}
-        for cat in b["per_category"]:
-            slug = "".join(ch if ch.isalnum() else "_" for ch in cat.lower()).strip("_")
-            pair(f"{name}_category/{slug}_accuracy", b["per_category"][cat]["accuracy"],
-                 t["per_category"][cat]["accuracy"])
-            cats[cat] = {"n": b["per_category"][cat]["n"], "base": b["per_category"][cat],
-                         "tuned": t["per_category"][cat]}
-        qs = {q.id: q for q in mcq_sets[name]}
-        tables[name] = {
-            "source": cfg.mcq_path if name == "mcq" else "held-out split, glossary distractors",
-            "questions": b["n"], "per_category": cats,
-            "samples": [{"id": rb["id"], "category": rb["category"], "question": qs[rb["id"]].question,
-                         "answer": rb["answer"], "base_reply": rb["reply"], "base_choice": rb["lenient"],
-                         "tuned_reply": rt["reply"], "tuned_choice": rt["lenient"]}
-                        for rb, rt in list(zip(b["rows"], t["rows"]))[: cfg.samples]],
-            "rows": {"base": b["rows"], "tuned": t["rows"]}}
-    deltas = {k[len("eval/"):-len("_delta")]: v for k, v in m.items() if k.endswith("_delta")}
-    # The names earlier runs and sweeps use (optimized_metric: eval/val_loss_after).
-    m.update({"eval/val_loss_before": m["eval/valid_loss_base"], "eval/val_loss_after": m["eval/valid_loss_tuned"],
-              "eval/val_loss_delta": m["eval/valid_loss_delta"], "eval/val_ppl_after": m["eval/valid_ppl_tuned"],
-              "eval/exact_match": m["eval/qa_exact_match_tuned"], "eval/token_f1": m["eval/qa_token_f1_tuned"],
-              "eval/examples": n})
-    samples = [{"question": r["messages"][-2]["content"], "gold": r["messages"][-1]["content"],
-                "kind": (r.get("meta") or {}).get("kind"), "base": pb["prediction"], "tuned": pt["prediction"],
-                "f1_base": pb["f1"], "f1_tuned": pt["f1"], "exact_match_base": pb["exact_match"],
-                "exact_match_tuned": pt["exact_match"]} for r, pb, pt in zip(qa_rows, base["qa"], tuned["qa"])]
+    qs = {name: {q.id: q for q in v} for name, v in sets.items()}
     write_json(ctx.path("eval.json"), {
         "metrics": m,
-        "comparison": {k: {"base": m[f"eval/{k}_base"], "tuned": m[f"eval/{k}_tuned"], "delta": d}
-                       for k, d in deltas.items()},
-        "qa_samples": samples[: cfg.samples] if cfg.samples else [],
-        "predictions": samples,
-        "mcq": tables,
-        "adapters": lora.adapter_record(adapters).get("training", {}),
+        "verdict": verdict,
+        "sets": {name: {"comparison": compared[name], "per_group": per_group[name],
+                        "rows": [{"id": rb["id"], "category": rb["category"], "question": qs[name][rb["id"]].question,
+                                  "options": list(qs[name][rb["id"]].options), "answer": rb["answer"],
+                                  "base_choice": rb["choice"], "tuned_choice": rt["choice"],
+                                  "base_scores": rb["scores"], "tuned_scores": rt["scores"]}
+                                 for rb, rt in zip(base["sets"][name], tuned["sets"][name])]}
+                 for name in sets},
+        "losses": {**{k: {"base": base[k], "tuned": tuned[k]} for k in ("test_loss", "test_ppl") if k in base},
+                   **({"valid_loss": {"base": m["eval/val_loss_before"], "tuned": m["eval/val_loss_after"]}}
+                      if "eval/val_loss_before" in m else {})},
+        "generative_mcq": {"base": gb, "tuned": gt},
+        "samples": [{"question": r["messages"][-2]["content"], "gold": r["messages"][-1]["content"],
+                     "kind": (r.get("meta") or {}).get("kind"), "base": b, "tuned": t,
+                     "f1_base": round(ev.token_f1(b, r["messages"][-1]["content"]), 4),
+                     "f1_tuned": round(ev.token_f1(t, r["messages"][-1]["content"]), 4)}
+                    for r, b, t in zip(samples, base["samples"], tuned["samples"])],
+        "adapters": training,
     })
     ctx.tracker.log_artifact(ctx.path("eval.json"))
     return m

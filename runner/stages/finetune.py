@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 INPUTS = ["dataset"]
 OUTPUTS = ["adapters", "export"]
-# dataset.system_prompt goes into the Ollama Modelfile: the prompt the adapters were trained with.
+# dataset.system_prompt: the prompt the validation probes are asked in, and the one the Ollama
+# Modelfile sets (the prompt the adapters were trained with).
 CONFIG = ["model", "lora", "finetune", "cache_dir", "dataset.system_prompt"]
 
 
@@ -41,6 +42,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     else:
         try:
             metrics = lora.train(model_dir, ctx.path("dataset"), adapters, lcfg, prov=prov,
+                                 system=ctx.cfg.dataset.system_prompt,
                                  log_metrics=lambda m, step: ctx.tracker.log_metrics(m, step=step),
                                  cancel=ctx.cancel)
         except lora.TrainingStopped as exc:

@@ -20,7 +20,7 @@ pub const UNNUMBERED: [&str; 9] = [
     "copyright notification",
     "history",
 ];
-pub const BOILERPLATE: [&str; 7] = [
+pub const BOILERPLATE: [&str; 8] = [
     "intellectual property rights",
     "legal notice",
     "modal verbs terminology",
@@ -28,6 +28,7 @@ pub const BOILERPLATE: [&str; 7] = [
     "copyright notification",
     "foreword",
     "history",
+    "change history",
 ];
 pub const BODY_START: [&str; 2] = ["foreword", "scope"];
 pub const CONTENTS: [&str; 2] = ["contents", "table of contents"];
@@ -162,8 +163,12 @@ pub fn is_bare_number(line: &str) -> bool {
     patterns().bare_number.is_match(line)
 }
 
-/// The title without a leading clause number (a first word of digits and dots).
+/// The title without a leading clause number (a first word of digits and dots) or annex
+/// label (`Annex B (informative): `).
 pub fn bare_title(title: &str) -> &str {
+    if let Some((_, after)) = title.strip_prefix("Annex ").and_then(|rest| rest.split_once(':')) {
+        return after.trim_start_matches(' ');
+    }
     match title.split_once(' ') {
         Some((first, rest)) if !first.is_empty() && first.bytes().all(|c| c.is_ascii_digit() || c == b'.') => rest,
         _ => title,
@@ -240,6 +245,8 @@ mod tests {
         assert_eq!(clause_number("A.1 General"), Some(ClauseNumber::Annex));
         assert_eq!(bare_title("1 Scope"), "Scope");
         assert_eq!(bare_title("Foreword"), "Foreword");
+        assert_eq!(bare_title("Annex B (informative): Change history"), "Change history");
+        assert_eq!(bare_title("Annex C"), "Annex C");
         assert!(is_bare_number("6.2.3.1") && is_bare_number("B.1") && !is_bare_number("6.2 x"));
     }
 

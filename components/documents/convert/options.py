@@ -14,8 +14,6 @@ FORMAT_EXT = {
     "html": (".html", ".htm"),
     "md": (".md", ".markdown"),
 }
-OCR_ENGINES = ("rapidocr", "tesseract", "easyocr")
-EXPORTS = ("json", "html")
 
 
 class DoclingOptions(Settings):

@@ -1,0 +1,155 @@
+"""Multiple choice scored by log-likelihood, the lm-evaluation-harness way.
+
+Each option is scored as the continuation of the question in the model's chat template (the
+assistant's turn): the mean log-probability of its tokens. The highest-scoring option is the
+model's answer. No text is generated, so a tuned model's answer format cannot change the score.
+A question's prompt goes through the model once, many questions to a batch; its options continue
+from the cached keys and values.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from components.mcq import MCQ
+
+
+def prompt_tokens(tokenizer, question: str, system: str | None) -> list[int]:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def _head(model) -> Callable | None:
+    """The final projection to the vocabulary, for models whose body returns hidden states
+    (llama, Qwen, Mistral in mlx-lm): logits are then computed only where an option's tokens
+    are predicted, not over the whole question."""
+    body = getattr(model, "model", None)
+    if body is None or not callable(body) or not hasattr(body, "embed_tokens"):
+        return None
+    if getattr(model, "lm_head", None) is not None:
+        return model.lm_head
+    if getattr(getattr(model, "args", None), "tie_word_embeddings", False):
+        return body.embed_tokens.as_linear
+    return None
+
+
+def _forward(model, head, x, cache=None, last: bool = False):
+    """Log-probabilities over the vocabulary at every position of ``x`` (``last``: at its last
+    position only, where the vocabulary projection is most of the cost)."""
+    import mlx.core as mx
+
+    if head is not None:
+        h = model.model(x, cache=cache)
+        logits = head(h[:, -1:] if last else h)
+    else:
+        logits = model(x, cache=cache)
+        logits = logits[:, -1:] if last else logits
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _option_pass(model, head, cache, rows: list[tuple[int, list[int]]]) -> list[float]:
+    """Sum of the log-probabilities of each option's tokens after its first, continuing its
+    question's row of ``cache`` (``rows``: (question row, option tokens)), for options of
+    similar length at a time so that padding stays small."""
+    import copy
+
+    import mlx.core as mx
+    import numpy as np
+
+    out = [0.0] * len(rows)
+    order = sorted((i for i in range(len(rows)) if len(rows[i][1]) > 1), key=lambda i: len(rows[i][1]))
+    while order:
+        width = 2 * len(rows[order[0]][1]) - 1  # a bucket: up to twice the shortest
+        take = [i for i in order if len(rows[i][1]) - 1 <= width]
+        order = order[len(take):]
+        rest = max(len(rows[i][1]) for i in take) - 1
+        sub = [copy.copy(c) for c in cache]
+        for c in sub:
+            c.filter(mx.array([rows[i][0] for i in take]))  # a row per option: its question's keys
+        y = np.zeros((len(take), rest), dtype=np.int32)
+        flat, tgt = [], []
+        for r, i in enumerate(take):
+            toks = rows[i][1]
+            y[r, :len(toks) - 1] = toks[:-1]
+            flat += [r * rest + j for j in range(len(toks) - 1)]
+            tgt += toks[1:]
+        h = model.model(mx.array(y), cache=sub) if head is not None else model(mx.array(y), cache=sub)
+        h = h.reshape(len(take) * rest, h.shape[-1])[mx.array(flat)]
+        logits = (head(h) if head is not None else h).astype(mx.float32)
+        got = mx.take_along_axis(logits, mx.array(tgt)[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+        got = np.array(got)
+        at = 0
+        for i in take:
+            n = len(rows[i][1]) - 1
+            out[i] = float(got[at:at + n].sum())
+            at += n
+    return out
+
+
+def _batched(model, head, prompts: list[list[int]], conts: list[list[list[int]]]) -> list[list[float]] | None:
+    """Several questions at once: the prompts left-padded into one batch with a batch KV cache,
+    then every option of every question continuing from its own question's row. None for
+    models whose cache is not plain keys and values (sliding windows, state-space layers)."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+
+    if not all(type(c) is KVCache for c in make_prompt_cache(model)):
+        return None
+    width = max(len(p) for p in prompts)
+    pad = [width - len(p) for p in prompts]
+    x = np.zeros((len(prompts), width), dtype=np.int32)
+    for r, p in enumerate(prompts):
+        x[r, pad[r]:] = p
+    cache = [BatchKVCache(pad) for _ in range(len(model.layers))]
+    # The prompt's last position predicts each option's first token.
+    first = np.array(_forward(model, head, mx.array(x), cache, last=True)[:, -1])
+    rows = [(q, c) for q, cs in enumerate(conts) for c in cs]
+    rest = _option_pass(model, head, cache, rows)
+    out, r = [], 0
+    for q, cs in enumerate(conts):
+        out.append([(float(first[q, c[0]]) + rest[r + o]) / len(c) for o, c in enumerate(cs)])
+        r += len(cs)
+    return out
+
+
+def option_logprobs(model, tokenizer, questions: list[MCQ], system: str | None = None,
+                    on_question: Callable[[int], None] | None = None, batch: int = 16) -> list[list[float]]:
+    """Per question, the mean log-probability per token of each option. A question goes
+    through the model once and its options continue from its keys and values, ``batch``
+    questions per forward pass."""
+    import mlx.core as mx
+
+    out = []
+    head = _head(model)
+    for at in range(0, len(questions), batch):
+        chunk = questions[at:at + batch]
+        prompts = [prompt_tokens(tokenizer, q.question, system) for q in chunk]
+        conts = [[tokenizer.encode(o, add_special_tokens=False) or [tokenizer.eos_token_id] for o in q.options]
+                 for q in chunk]
+        scores = _batched(model, head, prompts, conts)
+        if scores is None:  # every option in full, one sequence at a time
+            scores = []
+            for prompt, cs in zip(prompts, conts):
+                row = []
+                for c in cs:
+                    lp = _forward(model, head, mx.array([prompt + c]))[0]
+                    row.append(sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)) / len(c))
+                scores.append(row)
+        out += scores
+        if on_question:
+            on_question(len(chunk))
+    return out
+
+
+def choose(scores: list[float]) -> int:
+    """The 1-based option with the highest score (the first on a tie)."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1
+
+
+def score(model, tokenizer, questions: list[MCQ], system: str | None = None, **kw) -> list[dict]:
+    """One row per question: the chosen option, whether it is right, and each option's score."""
+    lps = option_logprobs(model, tokenizer, questions, system, **kw)
+    return [{"id": q.id, "category": q.category, "answer": q.answer, "choice": choose(s),
+             "correct": choose(s) == q.answer, "scores": [round(v, 4) for v in s]}
+            for q, s in zip(questions, lps)]
