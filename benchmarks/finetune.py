@@ -86,7 +86,7 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", COLUMNS="120")
 
     overrides = ["hardware=linux-cpu", f"cache_dir={ROOT / 'outputs' / 'cache'}", f"tracking.root={ROOT}",
-                 f"lora.iters={args.iters}", f"lora.batch_size={common['batch']}",
+                 "lora.epochs=null", f"lora.iters={args.iters}", f"lora.batch_size={common['batch']}",
                  f"lora.num_layers={common['layers']}", f"lora.rank={common['rank']}",
                  f"lora.max_seq_length={common['seq']}", f"lora.steps_per_report={common['report']}",
                  f"lora.steps_per_eval={common['eval']}", "lora.steps_per_save=1000000"]

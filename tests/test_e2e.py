@@ -206,7 +206,7 @@ def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
     sweep = tmp_path / "sweep"
     # The sweep is what this checks: each job trains and evaluates as little as still measures.
     out, _ = runner(["-m", "lora.rank=4,8", "lora.epochs=null", "lora.iters=2", "lora.steps_per_eval=2",
-                     "lora.max_seq_length=256", "evaluate.samples=1", "evaluate.generative_mcq=1",
+                     "lora.max_seq_length=256", "evaluate.samples=1", "evaluate.generative_mcq=1", "evaluate.max_probes=8",
                      "evaluate.max_tokens=16", "evaluate.mcq_max_tokens=8", f"hydra.sweep.dir={sweep}"],
                     {"MLFLOW_TRACKING_URI": store})
     assert out.returncode == 0, out.log[-4000:]

@@ -23,6 +23,7 @@ class EvaluateConfig(Settings):
     """``evaluate`` group."""
 
     unseen_fraction: float = Field(0.25, ge=0, lt=1)  # facts kept out of training (the control)
+    max_probes: int | None = Field(None, ge=1)  # per probe set, for quick runs (a seeded sample)
     mcq_path: str | None = None  # a TeleQnA-format JSON file: the general-telecom set
     mcq_max_questions: int | None = Field(None, ge=1)
     generative_mcq: int = Field(4, ge=0)  # probes answered by generation too, per model

@@ -56,7 +56,7 @@ class LoraConfig(Settings):
     steps_per_eval: int | None = Field(15, ge=1)  # validation on the first report step at or
     # after; null: four validations over the run
     select_best: bool = True  # keep the checkpoint with the best validation probe score
-    val_probes: int = Field(32, ge=1)  # validation probes asked at each validation (a seeded subset)
+    val_probes: int = Field(64, ge=1)  # validation probes asked at each validation (a seeded subset)
     early_stopping_patience: int | None = Field(None, ge=1)  # validations without a better score
     steps_per_save: int = Field(10, ge=1)  # checkpoint a rerun resumes from
     val_batches: int = Field(-1, ge=-1)  # the shortest val_batches x batch_size of valid; -1: all

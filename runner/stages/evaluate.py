@@ -13,6 +13,7 @@ lora/model config or another dataset are refused.
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 from omegaconf import OmegaConf
@@ -88,6 +89,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     probes = [p for p in read_jsonl(data / "probes.jsonl") if p["split"] == "test"] \
         if (data / "probes.jsonl").is_file() else []
     sets = {name: [MCQ.from_probe(p) for p in probes if p["set"] == s] for name, s in ev.SETS.items()}
+    if cfg.max_probes:
+        sets = {k: random.Random(cfg.seed).sample(v, min(len(v), cfg.max_probes)) for k, v in sets.items()}
     if cfg.mcq_path:
         try:
             sets["general"] = load_teleqna(cfg.mcq_path)[: cfg.mcq_max_questions]
