@@ -416,14 +416,17 @@ def test_evaluate_compares_base_and_tuned_on_the_same_items(trained, shared_cach
 
 
 @pytest.mark.slow
-def test_ask_answers_with_base_and_tuned_side_by_side(trained, capsys):
+def test_ask_answers_with_base_and_tuned_side_by_side(trained, capsys, tmp_path):
     from runner import ask
 
     run_dir = trained[0]
+    runs = tmp_path / "runs" / "2026-12-04"  # the layout of outputs/runs/<date>/<time>
+    runs.mkdir(parents=True)
+    (runs / "10-42-07").symlink_to(run_dir)
+    assert ask.latest_run(tmp_path / "runs") == runs / "10-42-07"
     assert ask.main(["--max-tokens", "8", "What does AMF stand for?", f"hydra.run.dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert f"Run: {run_dir}" in out and "\nbase:\n  " in out and "\ntuned:\n  " in out
-    assert ask.latest_run(run_dir.parent.parent) == run_dir
 
 
 def test_ask_without_a_finished_run_says_what_to_do(tmp_path, capsys):
