@@ -145,6 +145,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpora", default="sample,etsi")
     ap.add_argument("--keep", type=Path, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: take a corpus's figures from an earlier run kept there")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="knowledge-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -157,6 +159,10 @@ def main() -> None:
     results = {}
     for name in args.corpora.split(","):
         run_dir = work / name
+        kept = work / f"{name}.result.json"
+        if args.reuse and kept.is_file():
+            results[name] = json.loads(kept.read_text())
+            continue
         shutil.rmtree(run_dir, ignore_errors=True)
         mcq = work / f"general-{name}.json"
         if name == "sample":
@@ -174,6 +180,7 @@ def main() -> None:
         n = general_mcq(mcq, known)
         wall = run_pipeline(run_dir, cache, [*base, "stage_cache=false", f"evaluate.mcq_path={mcq}"])
         results[name] = {**figures(run_dir, wall), "general_questions": n}
+        kept.write_text(json.dumps(results[name]))
         r = results[name]
         print(f"{name:7} {r['wall_s']:>7.1f}s  " + "  ".join(
             f"{k}: {r[k]['base']:.2f}->{r[k]['tuned']:.2f} ({r[k]['diff']:+.2f}, p={r[k]['p']:.2g}, n={r[k]['n']})"
