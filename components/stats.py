@@ -75,12 +75,17 @@ def _points(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.01 else f"p = {p:.2f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.1 else f"p = {p:.2f}"
+
+
+def signed(x: float) -> str:
+    """A fraction as signed points, with a real minus sign: ``+31``, ``−4``."""
+    return f"{round(100 * x):+d}".replace("-", "−")
 
 
 def describe(c: dict) -> str:
     """``+31 points (95 % CI +22…+40, p < 0.001, n = 120)``"""
-    lo, hi = (f"{round(100 * x):+d}".replace("-", "−") for x in (c["ci_low"], c["ci_high"]))
+    lo, hi = signed(c["ci_low"]), signed(c["ci_high"])
     return f"{_points(c['diff'])} (95 % CI {lo}…{hi}, {_p(c['p'])}, n = {c['n']})"
 
 

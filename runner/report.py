@@ -116,7 +116,9 @@ def knowledge(f: Facts) -> dict[str, dict]:
     """Probe set -> its paired comparison (n, base, tuned, diff, ci_low, ci_high, p), from
     ``eval.json``."""
     sets = (f.eval or {}).get("sets") or {}
-    return {k: v["comparison"] for k, v in sets.items() if isinstance(v, dict) and "comparison" in v}
+    order = list(SET_LABELS)
+    return {k: sets[k]["comparison"] for k in sorted(sets, key=lambda k: order.index(k) if k in order else len(order))
+            if isinstance(sets[k], dict) and "comparison" in sets[k]}
 
 
 def mcq_categories(ev: dict | None) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -179,9 +181,9 @@ def headline(f: Facts) -> list[str]:
                      f"{stats.describe(c)}")
         over = c.get("over_unseen")
         if over:
-            lo, hi = (f"{round(100 * x):+d}" for x in (over["ci_low"], over["ci_high"]))
             lines.append(f"- taught beyond the unseen control (your documents' gain less the unseen facts' "
-                         f"change): {round(100 * over['diff']):+d} points (95 % CI {lo}…{hi})")
+                         f"change): {stats.signed(over['diff'])} points (95 % CI {stats.signed(over['ci_low'])}"
+                         f"…{stats.signed(over['ci_high'])})")
     if "finetune/train_loss_final" in m:
         lines.append(f"- final train loss: {m['finetune/train_loss_final']:.4g}")
     if "eval/val_loss_before" in m and "eval/val_loss_after" in m:
