@@ -293,6 +293,10 @@ class _Subset:
         return self.data[self.rows[i]]
 
 
+class _Stopped(Exception):
+    pass
+
+
 class Selection:
     """The checkpoint a run keeps: the best validation score so far and the adapter weights that
     made it, and when to stop for want of a better one.
@@ -303,7 +307,7 @@ class Selection:
     """
 
     def __init__(self, probes: list[dict], tokenizer, system: str | None, patience: int | None,
-                 limit: int = 32, seed: int = 0) -> None:
+                 limit: int = 32, seed: int = 0, cancel: threading.Event | None = None) -> None:
         import random
 
         from components.mcq import MCQ
@@ -316,6 +320,7 @@ class Selection:
         self.sets = {s: [MCQ.from_probe(p) for p in valid if p["set"] == s][: max(1, share[s])]
                      for s in ("trained", "unseen")}
         self.tokenizer, self.system, self.patience = tokenizer, system, patience
+        self.cancel = cancel or threading.Event()
         self.best: tuple[float, int] | None = None  # (score, step)
         self.weights: dict | None = None
         self.since_best = 0
@@ -334,12 +339,20 @@ class Selection:
         if not self.uses_probes:
             score = -val_loss
         else:
+            def stop_soon(_):
+                if self.cancel.is_set():
+                    raise _Stopped
+
             right = asked = 0
-            for name, qs in self.sets.items():
-                if qs:
-                    rows = scoring.score(model, self.tokenizer, qs, self.system)
-                    out[f"finetune/probe_{name}_accuracy"] = sum(r["correct"] for r in rows) / len(rows)
-                    right, asked = right + sum(r["correct"] for r in rows), asked + len(rows)
+            try:
+                for name, qs in self.sets.items():
+                    if qs:
+                        # Batches of 8 questions: a stop asked for mid-validation waits a second or two.
+                        rows = scoring.score(model, self.tokenizer, qs, self.system, on_question=stop_soon, batch=8)
+                        out[f"finetune/probe_{name}_accuracy"] = sum(r["correct"] for r in rows) / len(rows)
+                        right, asked = right + sum(r["correct"] for r in rows), asked + len(rows)
+            except _Stopped:  # a stop was asked for: this validation counts for nothing
+                return {}
             score = right / asked
         out["finetune/selection_score"] = score
         if self.best is None or score > self.best[0]:
@@ -446,7 +459,7 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
 
     probes_path = data_dir / "probes.jsonl"
     selection = Selection(read_jsonl(probes_path) if probes_path.is_file() else [], tokenizer, system,
-                          lora.early_stopping_patience, lora.val_probes, lora.seed)
+                          lora.early_stopping_patience, lora.val_probes, lora.seed, cancel)
     # Effective values join the provenance of a checkpoint: a resumed run must continue the same
     # run, not one with another batch or rank.
     ckpt = Checkpoint(out_dir.with_name(out_dir.name + ".checkpoint"))
