@@ -69,9 +69,8 @@ def gain_over_control(taught: tuple[list[bool], list[bool]], control: tuple[list
             "ci_high": round(float(np.percentile(boot, 97.5)), 4)}
 
 
-def _points(x: float) -> str:
-    v = round(100 * x)
-    return f"{v:+d} point{'s' if abs(v) != 1 else ''}".replace("-", "−")
+def points(x: float) -> str:
+    return f"{signed(x)} point{'s' if abs(round(100 * x)) != 1 else ''}"
 
 
 def _p(p: float) -> str:
@@ -86,7 +85,7 @@ def signed(x: float) -> str:
 def describe(c: dict) -> str:
     """``+31 points (95 % CI +22…+40, p < 0.001, n = 120)``"""
     lo, hi = signed(c["ci_low"]), signed(c["ci_high"])
-    return f"{_points(c['diff'])} (95 % CI {lo}…{hi}, {_p(c['p'])}, n = {c['n']})"
+    return f"{points(c['diff'])} (95 % CI {lo}…{hi}, {_p(c['p'])}, n = {c['n']})"
 
 
 def significant(c: dict) -> bool:
@@ -116,7 +115,7 @@ def verdict(sets: dict[str, dict]) -> str:
         elif significant(c):
             parts.append(f"{label} {describe(c)}")
         else:
-            parts.append(f"{label} {_points(c['diff'])} (n.s., n = {c['n']})")
+            parts.append(f"{label} {points(c['diff'])} (n.s., n = {c['n']})")
     return "; ".join(parts)
 
 

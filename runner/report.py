@@ -182,7 +182,7 @@ def headline(f: Facts) -> list[str]:
         over = c.get("over_unseen")
         if over:
             lines.append(f"- taught beyond the unseen control (your documents' gain less the unseen facts' "
-                         f"change): {stats.signed(over['diff'])} points (95 % CI {stats.signed(over['ci_low'])}"
+                         f"change): {stats.points(over['diff'])} (95 % CI {stats.signed(over['ci_low'])}"
                          f"…{stats.signed(over['ci_high'])})")
     if "finetune/train_loss_final" in m:
         lines.append(f"- final train loss: {m['finetune/train_loss_final']:.4g}")
