@@ -29,6 +29,7 @@ from components.llm.audit import Audit  # noqa: E402
 from components.llm.cache import ResponseCache  # noqa: E402
 from components.llm.resilience import Resilience  # noqa: E402
 from components.llm.services import EmbeddedLlamaService, OpenAICompatibleService  # noqa: E402
+from components.llm.resilience import chain  # noqa: E402
 
 TOPICS = ["RRC (Radio Resource Control)", "PDCP (Packet Data Convergence Protocol)",
           "AMF (Access and Mobility Management Function)", "SMF (Session Management Function)",
@@ -95,7 +96,7 @@ def client(url: str, model: str, tmp: Path, cache: bool, concurrency: int = 4):
     svc = OpenAICompatibleService(base_url=url, model=model, name="embedded", audit=Audit(),
                                   resilience=res, max_concurrency=concurrency,
                                   cache=ResponseCache(enabled=cache, dir=str(tmp / "cache")))
-    return svc.chain().bind(tmp)
+    return chain(svc).bind(tmp)
 
 
 def main() -> None:

@@ -102,9 +102,12 @@ def staged_dir(final: str | os.PathLike, on_exists: str = "keep", marker: str | 
 
 @contextmanager
 def build_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder as ``<final>.partial`` and swap it in only when the block completes, so a
-    crash or an error leaves the previous ``final`` as it was."""
+    """Build a folder as ``<final>.partial`` and swap it in only when the block completes: an
+    error leaves the previous ``final`` as it was. The swap moves the previous one aside to
+    ``<final>.old`` first, so a crash between the two renames leaves it there;
+    ``recover_dir`` (called here first) puts it back."""
     final = Path(final)
+    recover_dir(final)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # what an earlier crash left
     tmp.mkdir(parents=True)
@@ -113,9 +116,22 @@ def build_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = final.with_name(final.name + ".old")
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: str | os.PathLike) -> None:
+    """Put back the previous ``final`` a crash mid-swap (``build_dir``) left as ``<final>.old``."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from components.files import write_json
 from components.secrets import REDACTED, flatten, redact, scrub  # noqa: F401 (REDACTED re-exported)
@@ -32,12 +32,45 @@ NOTE = "mlflow.note.content"
 PARENT_FILE = "mlflow_parent.json"
 
 
-class Tracker(Protocol):
+class StageTracker(Protocol):
+    """What a stage may record: metrics, files and tags of the current run."""
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+
+@runtime_checkable
+class Tracker(StageTracker, Protocol):
+    """What the app does with a tracker around the stages: the run's life, its description and
+    dataset, loss curves for the report, and the parent run of a sweep. ``MLflowTracker`` and
+    ``NullTracker`` both are one (tests/test_tracking.py checks)."""
+
+    run_id: str | None
+
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None,
+              parent_run_id: str | None = None) -> Any: ...
+
+    def finish(self, status: str, tags: Mapping[str, str] | None = None) -> None: ...
+
+    def close_stale(self, run_id: str, reason: str) -> bool: ...
+
+    def set_description(self, text: str) -> None: ...
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None: ...
+
+    def log_dataset(self, rows: list[dict], source: str | os.PathLike, name: str, context: str) -> None: ...
+
+    def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]: ...
+
+    def sweep_parent(self, sweep_dir: str | os.PathLike, name: str, tags: Mapping[str, str]) -> Any: ...
+
+    def end_sweep_parent(self, sweep_dir: str | os.PathLike, metric: str | None = None,
+                         status: str | None = None) -> Any: ...
+
+    def ui_hint(self) -> str: ...
 
 
 def git_commit(repo: Path) -> str | None:
@@ -308,3 +341,14 @@ class NullTracker:
 
     def finish(self, status: str, tags: Mapping[str, str] | None = None) -> None:
         pass
+
+    @contextmanager
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None,
+              parent_run_id: str | None = None) -> Iterator["NullTracker"]:
+        yield self
+
+    def close_stale(self, run_id: str, reason: str) -> bool:
+        return False
+
+    def ui_hint(self) -> str:
+        return "no tracking store"

@@ -23,7 +23,8 @@ from components.training.models import ModelUnavailable
 from runner import pipeline, sweeps
 from runner.config import ConfigError, build, resolve_hardware
 from runner.interrupts import stop_on_signals
-from runner.report import LOSS_SERIES, summary, write_report
+from runner.report import LOSS_SERIES, summary
+from runner.report_html import write_report
 from runner.stage import Interrupted, Resources, StageError
 
 log = logging.getLogger("runner")

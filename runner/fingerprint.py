@@ -97,6 +97,24 @@ def code_hash(stage_module: str, view: DictConfig, root: Path = ROOT) -> dict[st
             for name, path in sorted(mods.items())}
 
 
+def _without(config: dict, keys: list[str]) -> dict:
+    """``config`` less the dotted ``keys`` (settings that change how fast, not what)."""
+    for key in keys:
+        *path, last = key.split(".")
+        node = config
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def config_identity(stage, view) -> dict:
+    """The part of a stage's config view that decides its outputs: all of it but the keys the
+    stage lists in ``NOT_FINGERPRINTED``."""
+    return _without(OmegaConf.to_container(view, resolve=True), getattr(stage, "NOT_FINGERPRINTED", []))
+
+
 def fingerprint(stage, ctx, root: Path = ROOT) -> str:
     """``ctx``: the stage's ``StageContext`` (its config view and run directory)."""
     view, run_dir = ctx.cfg, ctx.run_dir
@@ -104,7 +122,7 @@ def fingerprint(stage, ctx, root: Path = ROOT) -> str:
         "v": PIPELINE_VERSION,
         "stage": stage.__name__,
         "code": code_hash(stage.__name__, view, root),
-        "config": OmegaConf.to_container(view, resolve=True),
+        "config": config_identity(stage, view),
         "inputs": {i: hash_path(run_dir / i) for i in stage.INPUTS},
         "optional": {i: hash_path(run_dir / i) if (run_dir / i).exists() else None
                      for i in getattr(stage, "OPTIONAL_INPUTS", [])},

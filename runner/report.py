@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components import stats
-from components.files import write_text
 from components.secrets import scrub
 from runner.pipeline import ORDER
 
@@ -237,16 +236,3 @@ def markdown(f: Facts) -> str:
 def summary(run_dir: Path, metrics: dict, info: dict) -> str:
     """The headline as markdown (the MLflow run's description)."""
     return scrub("\n".join(headline(collect(run_dir, metrics, info))))
-
-
-def write_report(run_dir: Path, metrics: dict, info: dict, series: dict | None = None,
-                 pictures: bool = True) -> Path:
-    """Write ``report.md`` and ``report.html`` (with its pictures in ``plots/`` when
-    ``pictures``); return the path of ``report.md``."""
-    from runner.report_html import write_html
-
-    facts = collect(run_dir, metrics, info, series)
-    path = run_dir / "report.md"
-    write_text(path, scrub(markdown(facts)))
-    write_html(run_dir, facts, with_pictures=pictures)
-    return path

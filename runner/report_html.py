@@ -12,7 +12,8 @@ from components import plots
 from components.files import build_dir, write_bytes, write_text
 from components.secrets import scrub
 from components import stats
-from runner.report import SET_LABELS, Facts, comparison, extraction_quality, headline, knowledge, mcq_categories
+from runner.report import (SET_LABELS, Facts, collect, comparison, extraction_quality, headline, knowledge, markdown,
+                           mcq_categories)
 
 log = logging.getLogger(__name__)
 
@@ -203,4 +204,15 @@ def write_html(run_dir: Path, f: Facts, with_pictures: bool = True) -> Path:
                 write_bytes(tmp / name, data)
     path = run_dir / "report.html"
     write_text(path, render(f, pngs))
+    return path
+
+
+def write_report(run_dir: Path, metrics: dict, info: dict, series: dict | None = None,
+                 pictures: bool = True) -> Path:
+    """Write ``report.md`` and ``report.html`` (with its pictures in ``plots/`` when
+    ``pictures``); return the path of ``report.md``."""
+    facts = collect(run_dir, metrics, info, series)
+    path = run_dir / "report.md"
+    write_text(path, scrub(markdown(facts)))
+    write_html(run_dir, facts, with_pictures=pictures)
     return path

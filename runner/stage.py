@@ -9,9 +9,10 @@ A stage is a module in ``runner.stages`` that declares everything that decides i
 - ``run(ctx) -> dict[str, float]``: does the work and returns its final metrics, named
   ``"<stage>/<name>"``.
 
-Optional names: ``OPTIONAL_INPUTS`` (read when present), ``fingerprint_extra(cfg) -> str`` (what
-else decides its outputs, e.g. files outside the run directory or non-Python sources) and
-``STAGE_CACHE = False`` (never share its outputs across runs).
+Optional names: ``OPTIONAL_INPUTS`` (read when present), ``fingerprint_extra(ctx) -> str`` (what
+else decides its outputs, e.g. files outside the run directory or non-Python sources),
+``NOT_FINGERPRINTED`` (config keys that change how fast a stage runs, never what it writes, such
+as worker counts) and ``STAGE_CACHE = False`` (never share its outputs across runs).
 
 The code a stage runs is found, not declared: its module, every project module it imports
 (transitively, lazy imports included) and the modules the ``_target_`` of its config names
@@ -31,7 +32,7 @@ from typing import Callable, Protocol
 
 from omegaconf import DictConfig
 
-from components.tracking import Tracker
+from components.tracking import StageTracker
 
 
 class StageError(RuntimeError):
@@ -79,7 +80,7 @@ class Resources:
 class StageContext:
     run_dir: Path
     cfg: DictConfig  # the stage's declared keys only
-    tracker: Tracker
+    tracker: StageTracker
     resources: Resources = field(default_factory=Resources)
     # Set when the run is asked to stop; long loops check it between items.
     cancel: threading.Event = field(default_factory=threading.Event)

@@ -225,7 +225,7 @@ class Scripted:
             raise self.start_error
 
     def chat_json(self, messages, schema, max_tokens, temperature=0.0, *, model=None):
-        from components.llm.services import Reply
+        from components.llm.reply import Reply
 
         model = model or self.model
         self.calls.append((model, max_tokens))

@@ -40,12 +40,13 @@ def test_groups_offer_the_designed_options(group, expected):
 @pytest.mark.parametrize("service", ["embedded", "lmstudio", "ollama", "openai"])
 def test_every_service_instantiates_with_embedded_fallback(compose, service):
     from components.llm.resilience import ResilientService
+    from components.llm.resilience import chain as build_chain
     from components.llm.services import EmbeddedLlamaService
     from runner.config import build
 
     svc = build(compose(f"service={service}", "service.resilience.retries=7").service, "service")
     assert svc.name == service
-    chain = svc.chain()  # composed from config: the fallback and the policy are live objects
+    chain = build_chain(svc)  # composed from config: the fallback and the policy are live objects
     assert isinstance(chain, ResilientService) and chain.primary is svc and chain.retries == 7
     if service != "embedded":
         assert isinstance(chain._standby, EmbeddedLlamaService) and chain._standby.name == "embedded"

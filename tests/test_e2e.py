@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -162,11 +162,6 @@ def test_interrupted_extraction_resumes(default_run, store, tmp_path):
     ex = [json.loads(l) for l in open(run_dir / "extractions.jsonl")]
     assert len(ex) == len(lines) and not (run_dir / "extractions.partial.jsonl").exists()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ollama_on_m3max_completes_through_the_fallback(tmp_path, store):

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.llm.record_log import RecordLog, reusable, run_bounded
-from components.llm.services import Reply, ServiceError
+from components.llm.reply import Reply
+from components.llm.services import ServiceError
 from components.tracking import NullTracker
 from runner import pipeline
 from runner.stage import Interrupted, Resources, StageError

@@ -13,7 +13,8 @@ from components.llm import grounding as G
 from components.llm.extraction import Extraction, ExtractionConfig, expands, json_schema, parse
 from components.llm.extractor import ChunkExtractor, quality
 from components.llm.rules import Glossary
-from components.llm.services import Reply, ServiceError
+from components.llm.reply import Reply
+from components.llm.services import ServiceError
 
 TEXT = ("The RRC protocol (Radio Resource Control) runs between the UE and the gNB, see "
         "TS 38.331 and 3GPP TR 21.905. Timer T300 supervises RRC connection establishment "

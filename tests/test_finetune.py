@@ -444,7 +444,7 @@ def test_log_likelihood_scoring_equals_scoring_each_option_alone(shared_cache):
     import mlx.core as mx
 
     from components.mcq import MCQ
-    from components.training import lora, scoring
+    from components.training import lora, objective, scoring
 
     model_dir = make_cfg(f"cache_dir={shared_cache}")
     from runner.config import build
@@ -456,7 +456,7 @@ def test_log_likelihood_scoring_equals_scoring_each_option_alone(shared_cache):
           MCQ("b", "Which protocol sits above PDCP in the user plane of NR, carrying QoS flows?",
               ("SDAP", "The Radio Link Control protocol", "MAC"), 1)]
     rows = scoring.score(model, tok, qs, SYSTEM)
-    head = scoring._head(model)
+    head = objective.head(model)
     for q, r in zip(qs, rows):
         prompt = scoring.prompt_tokens(tok, q.question, SYSTEM)
         for opt, got in zip(q.options, r["scores"]):
@@ -466,6 +466,40 @@ def test_log_likelihood_scoring_equals_scoring_each_option_alone(shared_cache):
             assert got == pytest.approx(want, abs=2e-3)
         assert r["choice"] == scoring.choose(r["scores"]) and r["correct"] == (r["choice"] == q.answer)
     assert rows[0]["correct"]  # the base model knows what AMF stands for, given the choice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask_prompt", [True, False])
+def test_training_objective_is_mlx_lms_default_loss_on_fewer_positions(shared_cache, tmp_path, mask_prompt):
+    """Tighter batches and the vocabulary projection at the counted positions only: the same loss,
+    token count and gradients as mlx-lm's default_loss on its own batches."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.trainer import default_loss, iterate_batches
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from components.training import lora, objective
+    from runner.config import build
+
+    mdir = build(make_cfg(f"cache_dir={shared_cache}").model, "model").local_dir(shared_cache)
+    model, tok = lora.load(mdir)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 2.0, "dropout": 0.0})
+    data = lora.dataset(write_dataset(tmp_path) / "train.jsonl", tok, mask_prompt)
+    head = objective.head(model)
+    assert head is not None
+    pairs = zip(iterate_batches(data, 2, 512, seed=3), objective.tighten(iterate_batches(data, 2, 512, seed=3), head))
+    narrower = 0
+    for plain, tight in pairs:
+        assert len(tight) == 4 and tight[0].shape[1] <= plain[0].shape[1]
+        narrower += tight[0].shape[1] < plain[0].shape[1] or tight[2].shape[1] < tight[0].shape[1] - 1
+        (l1, n1), g1 = nn.value_and_grad(model, default_loss)(model, *plain)
+        (l2, n2), g2 = nn.value_and_grad(model, objective.loss)(model, *tight)
+        assert int(n1) == int(n2) and float(l2) == pytest.approx(float(l1), rel=1e-5)
+        for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2)):
+            assert mx.allclose(a, b, atol=1e-6, rtol=1e-4).item(), k
+    assert narrower  # the point: fewer positions than mlx-lm's batches
 
 
 @pytest.mark.slow

@@ -1,21 +1,16 @@
 """``python -m runner.health``: the table, and the exit status when something needed is down."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from runner import health
 from tests.llm_fakes import FakeOllama
+from tests.fixtures.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_health_table_with_ollama_up(tmp_path, capsys):

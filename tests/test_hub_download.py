@@ -1,4 +1,4 @@
-"""The real Hugging Face download code (huggingface_hub.snapshot_download through BaseModel)
+"""The real Hugging Face download code (huggingface_hub.snapshot_download through ModelSource)
 against a loopback server that speaks the Hub's API (HF_ENDPOINT), serving a tiny llama model
 made here: downloaded once into the cache, loaded and run by mlx-lm, found offline afterwards,
 a clear message naming the command when it is missing, and the token sent but never shown."""
@@ -125,9 +125,9 @@ def env(hub, tmp_path, monkeypatch):
 
 
 def model(repo: str, **kw):
-    from components.training.models import BaseModel
+    from components.training.models import ModelSource
 
-    return BaseModel(name="tiny", source="hf", hf_repo=repo, **kw)
+    return ModelSource(name="tiny", source="hf", hf_repo=repo, **kw)
 
 
 def test_download_once_then_load_and_generate_then_offline(env, monkeypatch):

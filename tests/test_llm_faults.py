@@ -18,6 +18,7 @@ import pytest
 from components.llm.audit import Audit
 from components.llm.errors import ServiceFailure
 from components.llm.resilience import Resilience
+from components.llm.resilience import chain as build_chain
 from components.llm.services import EmbeddedLlamaService, OpenAICompatibleService
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def chain_for(url: str, tmp_path: Path, **res):
     primary = OpenAICompatibleService(base_url=f"{url}/v1", model=ALIAS, name="primary", timeout_s=res.pop("timeout_s", 20),
                                       connect_timeout_s=2, max_concurrency=2, fallback=fallback,
                                       audit=Audit(), resilience=Resilience(backoff_initial_s=0.05, backoff_max_s=0.1, **res))
-    chain = primary.chain().bind(tmp_path)
+    chain = build_chain(primary).bind(tmp_path)
     chain.start()
     return chain
 

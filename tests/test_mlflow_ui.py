@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,6 @@ EXPAND_PARENT = """(() => {
   return !!button;
 })()"""
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -126,7 +121,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(store):
     tracker, _ = store
-    port = _free_port()
+    port = free_port()
     log = open(Path(tracker.uri[len("sqlite:///"):]).parent / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracker.uri,
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -218,3 +218,28 @@ def test_build_dir_swaps_in_only_a_complete_folder(tmp_path):
             raise RuntimeError("crash mid-write")
     assert (out / "train.jsonl").read_text() == "v1\n"  # the earlier output survives
     assert not (tmp_path / "dataset.partial").exists()
+
+
+def test_build_dir_recovers_the_previous_folder_from_a_crash_mid_swap(tmp_path, monkeypatch):
+    import os
+
+    from components import files
+
+    out = tmp_path / "dataset"
+    with files.build_dir(out) as tmp:
+        (tmp / "train.jsonl").write_text("v1\n")
+    real = os.replace
+
+    def crash_on_second(src, dst):
+        if str(src).endswith(".partial"):
+            raise KeyboardInterrupt("killed between the two renames")
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        with files.build_dir(out) as tmp:
+            (tmp / "train.jsonl").write_text("v2\n")
+    monkeypatch.setattr(files.os, "replace", real)
+    assert not out.exists() and (tmp_path / "dataset.old" / "train.jsonl").read_text() == "v1\n"
+    files.recover_dir(out)
+    assert (out / "train.jsonl").read_text() == "v1\n" and not (tmp_path / "dataset.old").exists()

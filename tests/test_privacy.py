@@ -13,6 +13,7 @@ from components.llm.audit import Audit
 from components.llm.errors import EndpointRefused
 from components.llm.privacy import Privacy, Scrubber, is_loopback
 from components.llm.resilience import Resilience
+from components.llm.resilience import chain as build_chain
 from components.llm.services import OpenAICompatibleService
 from tests.llm_fakes import FakeLMStudio
 
@@ -112,7 +113,7 @@ def test_requests_to_a_remote_endpoint_are_scrubbed_first(tmp_path):
     svc = OpenAICompatibleService(base_url="https://gw.example/v1", model="m",
                                   privacy=Privacy(local_only=False), transport=httpx.MockTransport(handler),
                                   resilience=Resilience(retries=1))
-    chain = svc.chain()
+    chain = build_chain(svc)
     chain.chat_json([{"role": "user", "content": "contact a@b.org from 192.0.2.7"}], {}, 8)
     assert seen[0]["messages"][0]["content"] == "contact [EMAIL] from [IP]"
     m = chain.metrics()
@@ -120,7 +121,7 @@ def test_requests_to_a_remote_endpoint_are_scrubbed_first(tmp_path):
 
 
 def test_loopback_requests_are_not_scrubbed_by_default(lmstudio):
-    chain = OpenAICompatibleService(base_url=f"{lmstudio.url}/v1", model="qwen3-1.7b").chain()
+    chain = build_chain(OpenAICompatibleService(base_url=f"{lmstudio.url}/v1", model="qwen3-1.7b"))
     chain.chat_json([{"role": "user", "content": "UE 10.0.0.1"}], {}, 8)
     assert lmstudio.posts("/v1/chat/completions")[0]["body"]["messages"][0]["content"] == "UE 10.0.0.1"
 
@@ -166,7 +167,7 @@ def test_key_from_the_file_is_sent_and_never_logged_or_audited(cred_file, lmstud
     svc = OpenAICompatibleService(base_url=f"{lmstudio.url}/v1", model="qwen3-1.7b", name="lmstudio",
                                   audit=Audit(), resilience=Resilience(retries=1))
     lmstudio.script = [("status", 401)]
-    chain = svc.chain().bind(tmp_path)
+    chain = build_chain(svc).bind(tmp_path)
     with caplog.at_level(logging.DEBUG):
         chain.start()
         with pytest.raises(Exception) as e:
@@ -184,8 +185,8 @@ def test_key_from_the_file_is_sent_and_never_logged_or_audited(cred_file, lmstud
 
 
 def test_audit_content_only_when_asked(lmstudio, tmp_path):
-    chain = OpenAICompatibleService(base_url=f"{lmstudio.url}/v1", model="qwen3-1.7b",
-                                    audit=Audit(include_content=True)).chain().bind(tmp_path)
+    chain = build_chain(OpenAICompatibleService(base_url=f"{lmstudio.url}/v1", model="qwen3-1.7b",
+                                    audit=Audit(include_content=True))).bind(tmp_path)
     chain.chat_json(MSGS, {}, 8)
     chain.close()
     row = json.loads((tmp_path / "audit.jsonl").read_text())

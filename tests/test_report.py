@@ -13,7 +13,8 @@ from PIL import Image
 from components import secrets
 from components.files import write_json, write_jsonl
 from runner.pipeline import ORDER
-from runner.report import Facts, collect, extraction_quality, headline, write_report
+from runner.report import Facts, collect, extraction_quality, headline
+from runner.report_html import write_report
 
 SECRET = "sk-report-7a6b5c4d3e"
 

@@ -214,7 +214,7 @@ def test_missing_routed_model_at_start_is_skipped():
 
 
 def test_truncated_answer_is_asked_once_more_with_more_room():
-    from components.llm.services import Reply
+    from components.llm.reply import Reply
 
     p = Scripted()
     answers = iter([Reply(content='{"acr', finish_reason="length"), Reply(content="{}", finish_reason="stop")])
@@ -275,7 +275,7 @@ def test_resilience_settings_reject_a_wrong_key():
 
 def test_a_budget_below_the_schemas_largest_answer_is_warned_once(caplog):
     from components.llm.extraction import json_schema
-    from components.llm.services import schema_token_budget
+    from components.llm.reply import schema_token_budget
 
     schema = json_schema()
     need = schema_token_budget(schema)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 
@@ -21,7 +20,9 @@ from components.llm.extraction import json_schema, parse
 from components.llm.resilience import Resilience
 from components.llm.routing import Routing
 from components.llm.services import EmbeddedLlamaService, OllamaService, OpenAICompatibleService, split_thinking
+from components.llm.resilience import chain as build_chain
 from tests.llm_fakes import GOOD, FakeLMStudio, FakeOllama
+from tests.fixtures.ports import free_port
 
 SCHEMA = json_schema()
 MSGS = [{"role": "user", "content": "Extract from: RRC (Radio Resource Control) per TS 38.331."}]
@@ -53,11 +54,6 @@ def lmstudio():
         s.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # --- Ollama ------------------------------------------------------------------------------------
 
@@ -86,7 +82,7 @@ def test_ollama_thinking_is_stripped_counted_and_never_stored(ollama, tmp_path, 
     srv = ollama(script={"qwen3:1.7b": [action]})
     svc = OllamaService(base_url=srv.url, cache=ResponseCache(dir=str(tmp_path / "cache")),
                         audit=Audit(include_content=True), resilience=FAST)
-    chain = svc.chain().bind(tmp_path)
+    chain = build_chain(svc).bind(tmp_path)
     chain.start()
     reply = chain.chat_json(MSGS, SCHEMA, 64)
     assert json.loads(reply.content) == GOOD and reply.thinking_stripped > 0
@@ -98,7 +94,7 @@ def test_ollama_thinking_is_stripped_counted_and_never_stored(ollama, tmp_path, 
 
 def test_ollama_thinking_only_reply_cut_at_the_limit_is_asked_again_with_more_room(ollama):
     srv = ollama(script={"qwen3:1.7b": ["thinking_only"]})
-    chain = OllamaService(base_url=srv.url, resilience=FAST).chain()
+    chain = build_chain(OllamaService(base_url=srv.url, resilience=FAST))
     reply = chain.chat_json(MSGS, SCHEMA, 100)
     budgets = [r["body"]["options"]["num_predict"] for r in srv.posts("/api/chat")]
     assert budgets == [100, 200] and reply.length_retried and reply.thinking_stripped > 0
@@ -141,7 +137,7 @@ def test_ollama_routing_and_model_fallback_end_to_end(ollama, tmp_path):
                  script={"qwen3:1.7b": [("status", 500, "llama runner process has terminated")] * 6})
     svc = OllamaService(base_url=srv.url, resilience=FAST, audit=Audit(),
                         routing=Routing(complex_model="gemma3:4b", complex_above=0.5, fallback_model="llama3.2:1b"))
-    chain = svc.chain().bind(tmp_path)
+    chain = build_chain(svc).bind(tmp_path)
     chain.start()
     models = [chain.chat_json(MSGS, SCHEMA, 32, complexity=c, chunk_id=f"c{i}").model
               for i, c in enumerate([0.9, 0.1, 0.2])]
@@ -165,7 +161,7 @@ def test_ollama_unreachable_is_unavailable_quickly():
 
 def test_context_window_overflow_is_reported(ollama, caplog):
     srv = ollama()
-    chain = OllamaService(base_url=srv.url, num_ctx=256, resilience=FAST).chain()
+    chain = build_chain(OllamaService(base_url=srv.url, num_ctx=256, resilience=FAST))
     long = [{"role": "user", "content": "RRC " * 400}]
     chain.chat_json(long, SCHEMA, 64, chunk_id="big")
     assert "exceed the context window" in caplog.text and "big" in caplog.text
@@ -202,7 +198,7 @@ def test_lmstudio_model_not_loaded_says_how_to_load_it(lmstudio):
 
 def test_lmstudio_429_with_retry_after_is_waited_for(lmstudio, tmp_path):
     srv = lmstudio(script=[("429", 1)])
-    chain = lm(srv, audit=Audit()).chain().bind(tmp_path)
+    chain = build_chain(lm(srv, audit=Audit())).bind(tmp_path)
     t0 = time.perf_counter()
     reply = chain.chat_json(MSGS, SCHEMA, 32)
     assert time.perf_counter() - t0 >= 1.0 and reply.retries == 1
@@ -214,7 +210,7 @@ def test_lmstudio_429_with_retry_after_is_waited_for(lmstudio, tmp_path):
 def test_lmstudio_500s_open_the_breaker_and_the_fallback_serves(lmstudio):
     srv, backup = lmstudio(script=[("status", 500)] * 100), lmstudio()
     fb = OpenAICompatibleService(base_url=f"{backup.url}/v1", model="qwen3-1.7b", name="backup")
-    chain = lm(srv, fallback=fb).chain()
+    chain = build_chain(lm(srv, fallback=fb))
     replies = [chain.chat_json(MSGS, SCHEMA, 32) for _ in range(4)]
     assert {r.service for r in replies} == {"backup"} and all(r.fallback for r in replies)
     assert len(srv.posts("/v1/chat/completions")) == 6  # 2 requests x 3 attempts, then open
@@ -223,7 +219,7 @@ def test_lmstudio_500s_open_the_breaker_and_the_fallback_serves(lmstudio):
 
 def test_lmstudio_malformed_json_is_final_and_not_retried(lmstudio):
     srv = lmstudio(script=["malformed", "no_choices"])
-    chain = lm(srv).chain()
+    chain = build_chain(lm(srv))
     with pytest.raises(InvalidResponse, match="malformed JSON") as e:
         chain.chat_json(MSGS, SCHEMA, 32)
     assert e.value.failure == "final" and len(srv.posts("/v1/chat/completions")) == 1
@@ -234,28 +230,28 @@ def test_lmstudio_malformed_json_is_final_and_not_retried(lmstudio):
 @pytest.mark.parametrize("action", ["reasoning", "think_tag", "thinking_only"])
 def test_lmstudio_reasoning_is_stripped(lmstudio, action):
     srv = lmstudio(script=[action])
-    reply = lm(srv).chain().chat_json(MSGS, SCHEMA, 32)
+    reply = build_chain(lm(srv)).chat_json(MSGS, SCHEMA, 32)
     assert json.loads(reply.content) == GOOD and reply.thinking_stripped > 0
     assert reply.length_retried == (action == "thinking_only")
 
 
 def test_lmstudio_truncated_output_is_retried_once_with_more_room(lmstudio):
     srv = lmstudio(script=["truncated", "truncated"])
-    reply = lm(srv, resilience=Resilience(length_retry_max_tokens=100)).chain().chat_json(MSGS, SCHEMA, 64)
+    reply = build_chain(lm(srv, resilience=Resilience(length_retry_max_tokens=100))).chat_json(MSGS, SCHEMA, 64)
     assert [r["body"]["max_tokens"] for r in srv.posts("/v1/chat/completions")] == [64, 100]
     assert reply.finish_reason == "length" and reply.length_retried  # recorded, not looped
 
 
 def test_lmstudio_slow_reply_times_out_as_transient_and_is_retried(lmstudio):
     srv = lmstudio(script=[("slow", 1.5)])
-    reply = lm(srv, timeout_s=0.5).chain().chat_json(MSGS, SCHEMA, 32)
+    reply = build_chain(lm(srv, timeout_s=0.5)).chat_json(MSGS, SCHEMA, 32)
     assert reply.retries == 1 and json.loads(reply.content) == GOOD
 
 
 def test_4xx_is_final(lmstudio):
     srv = lmstudio(script=[("status", 400)])
     with pytest.raises(ServiceError) as e:
-        lm(srv).chain().chat_json(MSGS, SCHEMA, 32)
+        build_chain(lm(srv)).chat_json(MSGS, SCHEMA, 32)
     assert e.value.status == 400 and e.value.failure == "final"
 
 
@@ -293,7 +289,7 @@ def test_real_ollama_answers_with_schema_json():
             proc = subprocess.Popen(["ollama", "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(3)
             svc.start()
-        reply = svc.chain().chat_json(MSGS, SCHEMA, 256)
+        reply = build_chain(svc).chat_json(MSGS, SCHEMA, 256)
         parsed = parse(reply.content)
         assert parsed.error is None, parsed.error
         assert "<think>" not in reply.content

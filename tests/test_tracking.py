@@ -302,3 +302,22 @@ def test_optuna_preset_optimizes_the_returned_metric_in_the_configured_direction
     chunks = [c.data.metrics["process/chunks"] for c in children]
     assert best["best_value"] == max(chunks)
     assert all(c.info.run_name.startswith(f"#{i} process.chunk.max_chars=") for i, c in enumerate(children))
+
+
+def test_both_trackers_are_what_the_app_and_the_stages_use(tmp_path):
+    """The protocols name every method the app (Tracker) and the stages (StageTracker) call."""
+    import ast
+
+    from components.tracking import NullTracker, StageTracker, Tracker
+    from conftest import REPO
+
+    declared = {n for p in (Tracker, StageTracker) for n in p.__dict__ if not n.startswith("_")} | {"run_id"}
+    called = set()
+    for path in [*(REPO / "runner").rglob("*.py"), *(REPO / "components").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute | ast.Name):
+                owner = node.value.attr if isinstance(node.value, ast.Attribute) else node.value.id
+                if owner == "tracker":
+                    called.add(node.attr)
+    assert called - {"uri", "experiment"} <= declared, called - declared
+    assert isinstance(NullTracker(), Tracker) and isinstance(_tracker(tmp_path), Tracker)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 from components.llm.privacy import is_loopback
+from components.llm.resilience import chain
 
 
 def node_local(service: dict) -> bool:
@@ -75,7 +76,7 @@ class NodeExtractor:
             self.audit_dir = str(Path(run_dir) / "nodes" / self.node[:12])
         else:
             self.audit_dir = str(Path(tempfile.gettempdir()) / "telecom-finetune" / Path(run_dir).name)
-        self.svc = instantiate(OmegaConf.create(service), _convert_="all").chain().bind(self.audit_dir)
+        self.svc = chain(instantiate(OmegaConf.create(service), _convert_="all")).bind(self.audit_dir)
         try:
             self.svc.start()
         except BaseException:

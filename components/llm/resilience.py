@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from components.llm.alerts import Alert, AlertStop
 from components.llm.audit import endpoint
 from components.llm.errors import CircuitOpen, ServiceFailure, ServiceUnavailable
-from components.llm.services import Reply, schema_token_budget
+from components.llm.reply import Reply, schema_token_budget
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,11 @@ class Resilience(Settings):
             length_retry_max_tokens=self.length_retry_max_tokens)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    v = sorted(values)
-    if not v:
-        return 0.0
-    k = (len(v) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+def chain(service: Any) -> "ResilientService":
+    """A ``service`` group's client behind the routing, retries, per-model breakers, cache and
+    fallback its config composes."""
+    fallback = None if service.on_unavailable == "fail" else service.fallback
+    return (service.resilience or Resilience()).wrap(service, fallback)
 
 
 @dataclass
@@ -552,7 +551,7 @@ class ResilientService:
             return
         with self._lock:
             s = t.stats
-            p95 = _percentile(s.latencies, 0.95) if s.latencies else None
+            p95 = float(np.percentile(s.latencies, 95)) if s.latencies else None
             found = self.alerts_cfg.service(t.key, s.requests, s.errors, p95)
         for a in found:
             self._raise_alert(a.name, a.message)
@@ -578,8 +577,8 @@ class ResilientService:
                     "requests": s.requests, "successes": s.ok, "errors": s.errors,
                     "success_rate": round(s.ok / s.requests, 4) if s.requests else 0.0,
                     "error_rate": round(s.errors / s.requests, 4) if s.requests else 0.0,
-                    "latency_p50_s": round(_percentile(lat, 0.5), 4),
-                    "latency_p95_s": round(_percentile(lat, 0.95), 4),
+                    "latency_p50_s": round(float(np.percentile(lat, 50)), 4) if lat else 0.0,
+                    "latency_p95_s": round(float(np.percentile(lat, 95)), 4) if lat else 0.0,
                     "retries": s.retries, "breaker_opens": s.breaker_opens,
                     "breaker_recoveries": s.breaker_recoveries, "fallbacks": s.fallbacks,
                     "cache_hits": s.cache_hits, "thinking_stripped": s.thinking_stripped,

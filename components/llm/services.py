@@ -16,7 +16,6 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -25,33 +24,9 @@ from components.llm import credentials
 from components.llm.errors import (CircuitOpen, EndpointRefused, InvalidResponse, ModelMissing,  # noqa: F401
                                    ServiceError, ServiceFailure, ServiceUnavailable)
 from components.llm.privacy import Privacy, is_loopback
+from components.llm.reply import Reply
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Reply:
-    content: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    finish_reason: str | None = None
-    model: str | None = None
-    service: str | None = None
-    thinking_stripped: int = 0      # characters of reasoning removed (never stored)
-    cached: bool = False
-    retries: int = 0
-    fallback: bool = False          # served by other than the routed first choice
-    length_retried: bool = False    # cut at max_tokens once, asked again with more room
-    request_bytes: int = 0
-    response_bytes: int = 0
-    server_seconds: float | None = None  # generation time the server reports, when it does
-
-    def cacheable(self) -> dict:
-        d = asdict(self)
-        for k in ("cached", "retries", "fallback", "request_bytes", "response_bytes", "server_seconds"):
-            d.pop(k)
-        return d
 
 
 _THINK = re.compile(r"^\s*<think>(.*?)(?:</think>|$)\s*", re.S)
@@ -80,21 +55,6 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def schema_token_budget(schema: dict) -> int:
-    """Tokens the largest answer the schema allows needs (about 3 characters a token for JSON;
-    an unbounded string or array counts as 32 characters or 4 items)."""
-    def chars(node: dict) -> int:
-        t = node.get("type")
-        if t == "object" or "properties" in node:
-            return 2 + sum(len(k) + 4 + chars(v) for k, v in node.get("properties", {}).items())
-        if t == "array":
-            return 2 + int(node.get("maxItems", 4)) * (chars(node.get("items", {})) + 2)
-        if t == "string":
-            return 2 + int(node.get("maxLength", 32))
-        return 8
-    return chars(schema) // 3 + 8
 
 
 def has_model(name: str, available: set[str]) -> bool:
@@ -147,14 +107,6 @@ class ChatService:
         # Bounded concurrency per service: a laptop server with 2 slots gains nothing from 8
         # requests in flight, and queues them where our timeouts count.
         self._slots = threading.BoundedSemaphore(max_concurrency)
-
-    # -- the chain -------------------------------------------------------------------------
-    def chain(self):
-        """This service behind routing, retries, per-model breakers, cache and its fallback."""
-        from components.llm.resilience import Resilience
-
-        fallback = None if self.on_unavailable == "fail" else self.fallback
-        return (self.resilience or Resilience()).wrap(self, fallback)
 
     def models_needed(self) -> list[str]:
         return self.routing.models(self.model) if self.routing else [self.model]

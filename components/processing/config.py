@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from components.processing.errors import ProcessingError
+from components.settings import Settings
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class _Strict(Settings):
+    # Strict types as well: the Rust side (serde) converts nothing either.
+    model_config = ConfigDict(strict=True)
 
 
 class NormalizeConfig(_Strict):

@@ -22,9 +22,9 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
-from components.files import build_dir, file_sha256, hash_path, read_jsonl, write_json
+from components.files import build_dir, file_sha256, hash_path, read_jsonl, recover_dir, write_json
 from components.settings import Settings
-from components.training import preflight
+from components.training import objective, preflight
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,7 @@ def dataset(path: Path, tokenizer, mask_prompt: bool):
 
     from mlx_lm.tuner.datasets import create_dataset
 
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = read_jsonl(path)
     # dataset.format picks mlx-lm's chat, completions or text rows; mlx-lm tells them apart.
     return _cache_dataset_class()(create_dataset(rows, tokenizer, SimpleNamespace(mask_prompt=mask_prompt)))
 
@@ -198,41 +197,33 @@ class Checkpoint:
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        tmp = self.root.with_name(self.root.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        mx.save_safetensors(str(tmp / "adapters.safetensors"),
-                            dict(tree_flatten(model.trainable_parameters())))
-        opt_state = {k: v for k, v in tree_flatten(optimizer.state) if k not in ("step", "learning_rate")}
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
-        files = ["adapters.safetensors", "optimizer.safetensors"]
-        kept = None
-        if selection is not None and selection.weights is not None:
-            # The best weights so far: a resumed run keeps choosing among the same checkpoints.
-            mx.save_safetensors(str(tmp / "best.safetensors"), selection.weights)
-            files.append("best.safetensors")
-            kept = {"score": selection.best[0], "step": selection.best[1], "since_best": selection.since_best}
-        write_json(tmp / "checkpoint.json", {
-            "format": CHECKPOINT_FORMAT, "step": step, "optimizer_step": int(optimizer.step.item()),
-            "key": key, "selection": kept, "sha256": {f: file_sha256(tmp / f) for f in files}})
-        old = self.root.with_name(self.root.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.root.exists():
-            os.replace(self.root, old)
-        os.replace(tmp, self.root)
-        shutil.rmtree(old, ignore_errors=True)
+        with build_dir(self.root) as tmp:
+            mx.save_safetensors(str(tmp / "adapters.safetensors"),
+                                dict(tree_flatten(model.trainable_parameters())))
+            opt_state = {k: v for k, v in tree_flatten(optimizer.state) if k not in ("step", "learning_rate")}
+            mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+            files = ["adapters.safetensors", "optimizer.safetensors"]
+            kept = None
+            if selection is not None and selection.weights is not None:
+                # The best weights so far: a resumed run keeps choosing among the same checkpoints.
+                mx.save_safetensors(str(tmp / "best.safetensors"), selection.weights)
+                files.append("best.safetensors")
+                kept = {"score": selection.best[0], "step": selection.best[1], "since_best": selection.since_best}
+            write_json(tmp / "checkpoint.json", {
+                "format": CHECKPOINT_FORMAT, "step": step, "optimizer_step": int(optimizer.step.item()),
+                "key": key, "selection": kept, "sha256": {f: file_sha256(tmp / f) for f in files}})
 
     def load_info(self, key: str) -> dict | None:
         """The checkpoint's record when it is complete and was made under ``key``."""
-        for root in (self.root, self.root.with_name(self.root.name + ".old")):  # crash mid-swap
-            try:
-                info = json.loads((root / "checkpoint.json").read_text(encoding="utf-8"))
-                if info.get("format") != CHECKPOINT_FORMAT or info.get("key") != key:
-                    continue
-                if all(file_sha256(root / f) == h for f, h in info["sha256"].items()):
-                    return {**info, "root": root}
-            except (OSError, ValueError, KeyError):
-                continue
+        recover_dir(self.root)  # a crash mid-swap
+        try:
+            info = json.loads((self.root / "checkpoint.json").read_text(encoding="utf-8"))
+            if info.get("format") != CHECKPOINT_FORMAT or info.get("key") != key:
+                return None
+            if all(file_sha256(self.root / f) == h for f, h in info["sha256"].items()):
+                return {**info, "root": self.root}
+        except (OSError, ValueError, KeyError):
+            pass
         return None
 
     def restore(self, info: dict, model, optimizer, selection: "Selection | None" = None) -> None:
@@ -252,7 +243,7 @@ class Checkpoint:
         optimizer.state = state
 
     def remove(self) -> None:
-        for suffix in ("", ".old", ".tmp"):
+        for suffix in ("", ".old", ".partial"):
             shutil.rmtree(self.root.with_name(self.root.name + suffix), ignore_errors=True)
 
 
@@ -491,9 +482,16 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         val_rows = val_rows[: lora.val_batches * plan.batch_size]
     val_subset = _Subset(valid_set, val_rows)
 
+    out_head = objective.head(model)
+
+    def val_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+        yield from objective.tighten(mlx_batches(dataset, batch_size, max_seq_length, loop=loop, seed=seed,
+                                                 comm_group=comm_group), out_head)
+
     def validate(step: int) -> None:
         val = evaluate(model=model, dataset=val_subset, batch_size=min(plan.batch_size, len(val_subset)),
-                       num_batches=-1, max_seq_length=lora.max_seq_length, iterate_batches=mlx_batches)
+                       num_batches=-1, max_seq_length=lora.max_seq_length, loss=objective.loss,
+                       iterate_batches=val_batches)
         val_by_step[step] = float(val)
         model.eval()
         found = selection.measure(model, step, val)
@@ -518,8 +516,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
                     state["early"] = step
 
     def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-        inner = mlx_batches(dataset, batch_size, max_seq_length, loop=loop,
-                            seed=lora.seed if loop else seed, comm_group=comm_group)
+        inner = objective.tighten(mlx_batches(dataset, batch_size, max_seq_length, loop=loop,
+                                              seed=lora.seed if loop else seed, comm_group=comm_group),
+                                  out_head)
         if not loop:  # validation
             yield from inner
             return
@@ -557,7 +556,7 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         if iters - start > 0:
             np.random.seed(lora.seed)
             mlx_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
-                      args=args, iterate_batches=batches, training_callback=Reporter())
+                      args=args, loss=objective.loss, iterate_batches=batches, training_callback=Reporter())
         if state["stopped"] is not None:
             saved = ckpt.root if ckpt.load_info(run_key) else None
             raise TrainingStopped(state["saved"] if saved else 0, saved)

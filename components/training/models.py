@@ -16,7 +16,7 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
-class BaseModel:
+class ModelSource:
     """``model`` group. ``source: hf`` models come from the Hugging Face cache, downloaded once
     into it (with a progress bar) unless ``offline`` or ``HF_HUB_OFFLINE`` is set; the token is
     huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``), never part of the config."""

@@ -11,25 +11,12 @@ from __future__ import annotations
 from typing import Callable
 
 from components.mcq import MCQ
+from components.training.objective import head as _head
 
 
 def prompt_tokens(tokenizer, question: str, system: str | None) -> list[int]:
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
-def _head(model) -> Callable | None:
-    """The final projection to the vocabulary, for models whose body returns hidden states
-    (llama, Qwen, Mistral in mlx-lm): logits are then computed only where an option's tokens
-    are predicted, not over the whole question."""
-    body = getattr(model, "model", None)
-    if body is None or not callable(body) or not hasattr(body, "embed_tokens"):
-        return None
-    if getattr(model, "lm_head", None) is not None:
-        return model.lm_head
-    if getattr(getattr(model, "args", None), "tie_word_embeddings", False):
-        return body.embed_tokens.as_linear
-    return None
 
 
 def _forward(model, head, x, cache=None, last: bool = False):

@@ -29,6 +29,8 @@ INPUTS: list[str] = []
 OPTIONAL_INPUTS = ["acquired.json"]
 OUTPUTS = ["documents"]
 CONFIG = ["corpus", "docling", "executor", "cache_dir"]
+# Documents convert one by one, alike in any number of processes (tests/test_convert.py).
+NOT_FINGERPRINTED = ["docling.workers", "docling.parallel"]
 
 
 def corpus_root(ctx: StageContext) -> Path:

@@ -40,8 +40,9 @@ def start_service(service: DictConfig, run_dir=None):
     """The configured service behind routing, retries, breakers, cache and fallback, started
     after the same checks as ``python -m runner.health``; ``audit.jsonl`` goes into run_dir."""
     from components.llm.errors import ServiceFailure
+    from components.llm.resilience import chain
 
-    svc = build(service, "service").chain().bind(run_dir)
+    svc = chain(build(service, "service")).bind(run_dir)
     try:
         svc.start()
     except BaseException as exc:
