@@ -73,6 +73,7 @@ def score(run: Path) -> dict:
 def run_mode(mode: str, extra: list[str], tmp: Path) -> dict:
     from components.tracking import NullTracker
     from runner import pipeline
+    from runner.config import build
     from runner.stage import Resources
     from runner.stages import extract
 
@@ -83,7 +84,7 @@ def run_mode(mode: str, extra: list[str], tmp: Path) -> dict:
     cfg = compose([f"extraction.extractor={mode}", f"cache_dir={tmp / 'cache'}", *extra])
     res = Resources()
     t0 = time.perf_counter()
-    res.shared("llm", lambda: extract.start_service(cfg.service))  # start outside the timing
+    res.shared("llm", lambda: extract.start_service(build(cfg.service, "service")))  # start outside the timing
     start_s = time.perf_counter() - t0
     m = extract.run(pipeline.context("extract", run, cfg, NullTracker(), res))
     out = score(run)

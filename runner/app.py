@@ -10,7 +10,10 @@ import logging
 import os
 import sys
 import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +24,7 @@ from components.llm.services import ServiceUnavailable
 from components.tracking import git_commit
 from components.training.models import ModelUnavailable
 from runner import pipeline, sweeps
-from runner.config import ConfigError, build, resolve_hardware
+from runner.config import ConfigError, resolve_hardware
 from runner.interrupts import stop_on_signals
 from runner.report import LOSS_SERIES, summary
 from runner.report_html import write_report
@@ -89,30 +92,17 @@ def _resume_hint(run_dir: Path) -> str:
 
 
 def run(cfg: DictConfig) -> float | None:
+    """The recipe: every component built once from its group, tracking started, the stages run
+    (inside ``task_wrapper``), the report written; the metric a sweep optimises returned."""
     _quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    stages = list(cfg.stages)
-    sweep = sweeps.current()
-    try:
-        # Jobs of a parallel sweep each take their share of the machine.
-        hardware = resolve_hardware(cfg, jobs=sweeps.parallel_jobs())
-        components = {g: build(cfg[g], g) for g in GROUPS}
-    except ConfigError as exc:
-        log.error("config: %s", exc)
-        sys.exit(2)
+    stages, sweep = list(cfg.stages), sweeps.current()
+    resources = Resources()
+    hardware, components = _build(cfg, resources)
     public_cfg = _public_config(cfg, run_dir)
-    try:
-        if {"finetune", "evaluate"} & set(stages):
-            # Before any expensive stage: a model that cannot be had fails the run now.
-            components["model"].check()
-        if "extract" in stages and components["service"].on_unavailable == "fail":
-            components["service"].start()  # service.on_unavailable=fail: fail now, not after convert
-            components["service"].close()
-    except (ModelUnavailable, ServiceUnavailable) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    _check_early(components, stages)
 
-    tracker = build(cfg.tracking, "tracking")
+    tracker = resources.component("tracking", cfg.tracking)  # after the secrets are known
     _close_dead_run(run_dir, tracker)
     # A sweep's jobs are children of one parent run, made by whichever comes first.
     parent = sweep and tracker.sweep_parent(sweep.dir, sweep.parent_name, sweeps.parent_tags(
@@ -121,9 +111,6 @@ def run(cfg: DictConfig) -> float | None:
             "hardware": f"{hardware.name} ({hardware.accelerator}, "
                         f"{hardware.memory_gb} GB{', scaled down' if hardware.scaled else ''})",
             "service": cfg.service.name, "model": cfg.model.name}
-    metrics: dict = {}
-    outcome, reason, stage = "FINISHED", "", None
-    resources, cancel = Resources(), threading.Event()
     with tracker.start(params=public_cfg, tags=_tags(cfg, hardware, stages, run_dir, sweep),
                        run_name=sweeps.run_name(cfg, stages, pipeline.ORDER, sweep),
                        parent_run_id=parent):
@@ -131,45 +118,95 @@ def run(cfg: DictConfig) -> float | None:
         write_json(run_dir / pipeline.STATE_DIR / "run.json", {"pid": os.getpid(), "run_id": tracker.run_id})
         # A report from an earlier run must never stand for this one, even if this one is killed.
         write_report(run_dir, {}, {**info, "status": "RUNNING"}, pictures=False)
-        try:
-            with stop_on_signals(cancel):
-                metrics = pipeline.run(run_dir, cfg, tracker, stages, resources, cancel)
-        except (Interrupted, KeyboardInterrupt) as exc:
-            outcome, stage = "KILLED", getattr(exc, "stage", None)
-            reason = "interrupted (Ctrl-C or SIGTERM)"
-        except HANDLED as exc:
-            outcome, stage, reason = "FAILED", getattr(exc, "stage", None), str(exc)
-            log.error("%s", exc)
-        except Exception as exc:  # a bug: the run still ends with a true report and status
-            outcome, reason = "FAILED", f"{type(exc).__name__}: {exc}"
-            log.exception("unexpected error")
-        finally:
-            with stop_on_signals(cancel, shielded=True):
-                resources.close()
-                metrics = metrics or _saved_metrics(run_dir)
-                if outcome != "FINISHED":
-                    info["status"] = f"{outcome} in stage {stage}" if stage else outcome
-                    info["reason"] = reason
-                _record(run_dir, tracker, metrics, info)
-                failure_tags = {"failure.stage": stage or "", "failure.reason": reason[:500]}
-                tracker.finish(outcome, failure_tags if outcome != "FINISHED" else None)
-                if sweep is not None and outcome != "FINISHED":
-                    # Hydra stops the sweep at a failed job: its parent run ends with it.
-                    tracker.end_sweep_parent(sweep.dir, cfg.optimized_metric, outcome)
+        with task_wrapper(cfg, run_dir, tracker, resources, info, sweep) as task:
+            task.metrics = pipeline.run(run_dir, cfg, tracker, stages, resources, task.cancel)
+    return _exit(cfg, run_dir, tracker, task, sweep)
+
+
+def _build(cfg: DictConfig, resources: Resources):
+    """The hardware profile and every group's component, each built once (the stages get the
+    same objects through ``resources``); a wrong key or value exits 2 before any work."""
+    try:
+        # Jobs of a parallel sweep each take their share of the machine.
+        hardware = resolve_hardware(cfg, jobs=sweeps.parallel_jobs())
+        return hardware, {g: resources.component(g, cfg[g]) for g in GROUPS}
+    except ConfigError as exc:
+        log.error("config: %s", exc)
+        sys.exit(2)
+
+
+def _check_early(components: dict, stages: list[str]) -> None:
+    """Before any expensive stage: a model or a server that cannot be had fails the run now."""
+    try:
+        if {"finetune", "evaluate"} & set(stages):
+            components["model"].check()
+        if "extract" in stages and components["service"].on_unavailable == "fail":
+            components["service"].start()  # service.on_unavailable=fail: fail now, not after convert
+            components["service"].close()
+    except (ModelUnavailable, ServiceUnavailable) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+@dataclass
+class Task:
+    cancel: threading.Event = field(default_factory=threading.Event)
+    metrics: dict = field(default_factory=dict)
+    outcome: str = "FINISHED"  # FINISHED | FAILED | KILLED
+    stage: str | None = None
+    reason: str = ""
+
+
+@contextmanager
+def task_wrapper(cfg: DictConfig, run_dir: Path, tracker, resources: Resources, info: dict,
+                 sweep) -> Iterator[Task]:
+    """Around the stages: Ctrl-C and SIGTERM stop them (finished work kept), a stage's error or
+    a bug ends the run FAILED with its reason, and whatever happened the shared resources close,
+    the report and MLflow record say how the run ended."""
+    task = Task()
+    try:
+        with stop_on_signals(task.cancel):
+            yield task
+    except (Interrupted, KeyboardInterrupt) as exc:
+        task.outcome, task.stage = "KILLED", getattr(exc, "stage", None)
+        task.reason = "interrupted (Ctrl-C or SIGTERM)"
+    except HANDLED as exc:
+        task.outcome, task.stage, task.reason = "FAILED", getattr(exc, "stage", None), str(exc)
+        log.error("%s", exc)
+    except Exception as exc:  # a bug: the run still ends with a true report and status
+        task.outcome, task.reason = "FAILED", f"{type(exc).__name__}: {exc}"
+        log.exception("unexpected error")
+    finally:
+        with stop_on_signals(task.cancel, shielded=True):
+            resources.close()
+            task.metrics = task.metrics or _saved_metrics(run_dir)
+            if task.outcome != "FINISHED":
+                info["status"] = f"{task.outcome} in stage {task.stage}" if task.stage else task.outcome
+                info["reason"] = task.reason
+            _record(run_dir, tracker, task.metrics, info)
+            failure_tags = {"failure.stage": task.stage or "", "failure.reason": task.reason[:500]}
+            tracker.finish(task.outcome, failure_tags if task.outcome != "FINISHED" else None)
+            if sweep is not None and task.outcome != "FINISHED":
+                # Hydra stops the sweep at a failed job: its parent run ends with it.
+                tracker.end_sweep_parent(sweep.dir, cfg.optimized_metric, task.outcome)
+
+
+def _exit(cfg: DictConfig, run_dir: Path, tracker, task: Task, sweep) -> float | None:
+    """Where to look, then the exit: 130 when stopped, 1 when failed, else the optimised metric."""
     print(f"\nRun directory: {run_dir}")
     print(f"MLflow run:    {tracker.run_id} (experiment '{tracker.experiment}' at {tracker.uri})")
     print(f"Open the UI:   {tracker.ui_hint()}")
-    if outcome == "KILLED":
-        print(f"Interrupted{f' in stage {stage}' if stage else ''}; finished work is kept. "
+    if task.outcome == "KILLED":
+        print(f"Interrupted{f' in stage {task.stage}' if task.stage else ''}; finished work is kept. "
               f"Resume with: {_resume_hint(run_dir)}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
         # Worker threads still waiting on a hung server must not hold the exit.
         os._exit(130)
-    if outcome == "FAILED":
+    if task.outcome == "FAILED":
         sys.exit(1)
-    value = metrics.get(cfg.optimized_metric)
+    value = task.metrics.get(cfg.optimized_metric)
     if value is None and sweep is not None:
         log.warning("optimized_metric %s is not among this run's metrics; a sweeper has nothing "
                     "to compare", cfg.optimized_metric)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pydantic import ValidationError
 
-from runner.stage import StageError
+from runner.errors import StageError
 
 
 class ConfigError(StageError):

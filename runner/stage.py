@@ -25,28 +25,17 @@ outputs from the stage cache. A stage knows nothing about the stages around it.
 """
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from components.tracking import StageTracker
-
-
-class StageError(RuntimeError):
-    """A stage cannot run; the message says why and what to do."""
-
-    stage: str | None = None  # set by the pipeline: the stage that failed
-
-
-class Interrupted(BaseException):
-    """The run was asked to stop (Ctrl-C, SIGTERM). A stage that sees ``ctx.cancel`` set stops
-    taking new work, keeps what is finished and raises this; like KeyboardInterrupt it is not
-    an ``Exception``, so handlers of ordinary errors do not swallow it."""
-
-    stage: str | None = None
+from runner.config import build
+from runner.errors import Interrupted, StageError  # noqa: F401  (the names stages raise)
 
 
 class Closable(Protocol):
@@ -55,10 +44,20 @@ class Closable(Protocol):
 
 @dataclass
 class Resources:
-    """Expensive components shared by the stages of one run (a started server, a loaded model),
-    built on first use and closed when the run ends."""
+    """What the stages of one run share: the components their config groups build (each built
+    once per run and config, ``component``), and expensive things built on first use and closed
+    when the run ends (a started server, a cluster; ``shared``)."""
 
     _built: dict[str, Closable] = field(default_factory=dict)
+    _components: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def component(self, group: str, node: DictConfig) -> Any:
+        """The component config group ``group`` builds from ``node``: built (and validated) the
+        first time, the same object after, for as long as the config is the same."""
+        key = (group, json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True, default=str))
+        if key not in self._components:
+            self._components[key] = build(node, group)
+        return self._components[key]
 
     def shared(self, name: str, factory: Callable[[], Closable]) -> Closable:
         if name not in self._built:
@@ -87,3 +86,7 @@ class StageContext:
 
     def path(self, rel: str) -> Path:
         return self.run_dir / rel
+
+    def component(self, group: str) -> Any:
+        """The component of a config group this stage declares whole (``CONFIG``), the run's one."""
+        return self.resources.component(group, self.cfg[group])

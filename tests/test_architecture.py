@@ -144,3 +144,20 @@ def test_the_app_refuses_a_wrong_key_before_any_work(tmp_path):
     assert out.returncode == 2
     assert "lora.rank: Input should be a valid integer" in out.stderr + out.stdout
     assert not (tmp_path / "documents").exists() and not (tmp_path / ".state").exists()
+
+
+def test_a_component_is_built_once_per_run_and_config(compose, tmp_path):
+    """The app builds every group up front into the run's Resources; a stage asking for its
+    group (through its own config view) gets that same object, not another build."""
+    from components.tracking import NullTracker
+    from runner.stage import Resources, StageContext
+
+    cfg = compose()
+    resources = Resources()
+    built = resources.component("lora", cfg.lora)
+    ctx = StageContext(run_dir=tmp_path, cfg=view(cfg, pipeline.load_stage("finetune").CONFIG),
+                       tracker=NullTracker(), resources=resources)
+    assert ctx.component("lora") is built
+    other = compose("lora.rank=4")
+    assert resources.component("lora", other.lora) is not built
+    assert resources.component("lora", other.lora).rank == 4

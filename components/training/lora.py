@@ -145,7 +145,8 @@ def loss(model, data, batch_size: int, max_seq_length: int, num_batches: int = -
     from mlx_lm.tuner.trainer import evaluate
 
     return float(evaluate(model=model, dataset=data, batch_size=max(1, min(batch_size, len(data))),
-                          num_batches=num_batches, max_seq_length=max_seq_length))
+                          num_batches=num_batches, max_seq_length=max_seq_length, loss=objective.loss,
+                          iterate_batches=objective.batches_for(model)))
 
 
 def perplexity(loss_value: float) -> float:
@@ -391,7 +392,6 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.tuner.trainer import TrainingArgs, evaluate
-    from mlx_lm.tuner.trainer import iterate_batches as mlx_batches
     from mlx_lm.tuner.trainer import train as mlx_train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
@@ -482,16 +482,12 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         val_rows = val_rows[: lora.val_batches * plan.batch_size]
     val_subset = _Subset(valid_set, val_rows)
 
-    out_head = objective.head(model)
-
-    def val_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-        yield from objective.tighten(mlx_batches(dataset, batch_size, max_seq_length, loop=loop, seed=seed,
-                                                 comm_group=comm_group), out_head)
+    tight_batches = objective.batches_for(model)
 
     def validate(step: int) -> None:
         val = evaluate(model=model, dataset=val_subset, batch_size=min(plan.batch_size, len(val_subset)),
                        num_batches=-1, max_seq_length=lora.max_seq_length, loss=objective.loss,
-                       iterate_batches=val_batches)
+                       iterate_batches=tight_batches)
         val_by_step[step] = float(val)
         model.eval()
         found = selection.measure(model, step, val)
@@ -516,9 +512,8 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
                     state["early"] = step
 
     def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-        inner = objective.tighten(mlx_batches(dataset, batch_size, max_seq_length, loop=loop,
-                                              seed=lora.seed if loop else seed, comm_group=comm_group),
-                                  out_head)
+        inner = tight_batches(dataset, batch_size, max_seq_length, loop=loop,
+                              seed=lora.seed if loop else seed, comm_group=comm_group)
         if not loop:  # validation
             yield from inner
             return
@@ -616,14 +611,14 @@ def training_metrics(training: dict) -> dict[str, float]:
 
 
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_tokens: int) -> list[str]:
-    """Greedy answers to each chat prompt (a message list ending before the answer)."""
-    from mlx_lm import generate
+    """Greedy answers to chat prompts (message lists ending before the answer), all in one batch."""
+    from mlx_lm import batch_generate
 
-    out = []
-    for msgs in prompts:
-        prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        out.append(generate(model, tokenizer, prompt=prompt, max_tokens=max_tokens, verbose=False))
-    return out
+    if not prompts:
+        return []
+    tokens = [list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
+              for msgs in prompts]
+    return list(batch_generate(model, tokenizer, tokens, max_tokens=max_tokens).texts)
 
 
 def adapter_record(adapter_dir: Path) -> dict[str, Any]:

@@ -79,3 +79,17 @@ def loss(model, tokens, lengths, positions=None, valid=None):
     ce = nn.losses.cross_entropy(logits, picked) * mask
     ntoks = mask.sum()
     return ce.astype(mx.float32).sum() / ntoks, ntoks
+
+
+def batches_for(model) -> Callable:
+    """mlx-lm's ``iterate_batches``, tightened for ``model`` (pass it with ``loss`` to mlx-lm's
+    ``train`` or ``evaluate``)."""
+    from mlx_lm.tuner.trainer import iterate_batches
+
+    out = head(model)
+
+    def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+        yield from tighten(iterate_batches(dataset, batch_size, max_seq_length, loop=loop, seed=seed,
+                                           comm_group=comm_group), out)
+
+    return batches

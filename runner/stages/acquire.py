@@ -18,7 +18,6 @@ from components.documents.acquire import (AcquireConfig, AcquireError, ArchiveLi
 from components.documents.archives import ArchiveError, extract_cached
 from components.files import file_sha256, write_json
 from components.progress import Progress
-from runner.config import build
 from runner.stage import StageContext, StageError
 
 INPUTS: list[str] = []
@@ -41,7 +40,7 @@ def fingerprint_extra(ctx: StageContext) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    cfg: AcquireConfig = build(ctx.cfg.acquire, "acquire")
+    cfg: AcquireConfig = ctx.component("acquire")
     specs = cfg.specs
     metrics = {"acquire/downloaded": 0.0, "acquire/cached": 0.0, "acquire/failed": 0.0, "acquire/bytes": 0.0}
     if not specs:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from components.files import build_dir, write_json
-from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -96,10 +95,10 @@ def run(ctx: StageContext) -> dict[str, float]:
     from components.documents.corpus import collect, doc_ids
     from components.executor import ExecutorError
 
-    converter = build(ctx.cfg.docling, "docling")
+    converter = ctx.component("docling")
     # Shared: a later stage (extract) reuses the cluster connection; closed when the run ends.
-    executor = ctx.resources.shared("executor", lambda: build(ctx.cfg.executor, "executor"))
-    exts = set(build(ctx.cfg.corpus, "corpus").extensions)
+    executor = ctx.resources.shared("executor", lambda: ctx.component("executor"))
+    exts = set(ctx.component("corpus").extensions)
     sources, problems = [], []
     roots = _inputs(ctx)
     for root in roots:

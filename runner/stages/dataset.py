@@ -14,7 +14,6 @@ from collections import Counter
 from components import dataset as D
 from components import knowledge as K
 from components.files import build_dir, read_jsonl, write_jsonl, write_text
-from runner.config import build
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,12 @@ CONFIG = ["dataset", "lora.batch_size", "lora.max_seq_length", "model", "cache_d
 def _tokenizer(ctx: StageContext):
     from transformers import AutoTokenizer
 
-    model_dir = build(ctx.cfg.model, "model").local_dir(ctx.cfg.cache_dir)
+    model_dir = ctx.component("model").local_dir(ctx.cfg.cache_dir)
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    cfg = build(ctx.cfg.dataset, "dataset")
+    cfg = ctx.component("dataset")
     unseen_fraction = float(ctx.cfg.evaluate.unseen_fraction)
     records = read_jsonl(ctx.path("extractions.jsonl"))
     chunks = {c["id"]: c for c in read_jsonl(ctx.path("chunks.jsonl"))}

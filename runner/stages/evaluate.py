@@ -22,7 +22,6 @@ from components import stats
 from components.files import read_jsonl, write_json
 from components.mcq import MCQ, MCQError, load_teleqna, score_generated
 from components.progress import Progress
-from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,10 @@ CONFIG = ["model", "lora", "evaluate", "cache_dir", "dataset.system_prompt"]
 
 
 def _generate(lora, model, tok, prompts, max_tokens, cancel, progress) -> list[str]:
-    out = []
-    for p in prompts:
-        if cancel.is_set():
-            raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
-        out.extend(lora.generate_answers(model, tok, [p], max_tokens))
-        progress.advance()
+    if cancel.is_set():
+        raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
+    out = lora.generate_answers(model, tok, prompts, max_tokens)
+    progress.advance(len(prompts))
     return out
 
 
@@ -75,7 +72,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     from components.training import evaluation as ev
     from components.training import lora, scoring
 
-    cfg, lcfg = build(ctx.cfg.evaluate, "evaluate"), build(ctx.cfg.lora, "lora")
+    cfg, lcfg = ctx.component("evaluate"), ctx.component("lora")
     adapters, data = ctx.path("adapters"), ctx.path("dataset")
     # The adapters say what made them; finetune records the same provenance.
     prov = lora.provenance(OmegaConf.to_container(ctx.cfg.lora), OmegaConf.to_container(ctx.cfg.model), data)
@@ -83,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     if why:
         raise StageError(f"evaluate: {adapters} was not made by this config ({why}); re-run "
                          "fine-tuning with it: stages=[finetune,evaluate]")
-    mdir = build(ctx.cfg.model, "model").local_dir(ctx.cfg.cache_dir)
+    mdir = ctx.component("model").local_dir(ctx.cfg.cache_dir)
     system = ctx.cfg.dataset.system_prompt
 
     probes = [p for p in read_jsonl(data / "probes.jsonl") if p["split"] == "test"] \

@@ -16,14 +16,12 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from components.documents.glossary import glossary_rows
 from components.files import read_jsonl, write_jsonl
 from components.progress import Progress
-from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -36,13 +34,14 @@ CONFIG = ["service", "extraction", "executor"]
 PARTIAL = "extractions.partial.jsonl"
 
 
-def start_service(service: DictConfig, run_dir=None):
-    """The configured service behind routing, retries, breakers, cache and fallback, started
-    after the same checks as ``python -m runner.health``; ``audit.jsonl`` goes into run_dir."""
+def start_service(service, run_dir=None):
+    """``service`` (the ``service`` group's component) behind routing, retries, breakers, cache
+    and fallback, started after the same checks as ``python -m runner.health``; ``audit.jsonl``
+    goes into run_dir."""
     from components.llm.errors import ServiceFailure
     from components.llm.resilience import chain
 
-    svc = chain(build(service, "service")).bind(run_dir)
+    svc = chain(service).bind(run_dir)
     try:
         svc.start()
     except BaseException as exc:
@@ -140,7 +139,7 @@ def _on_cluster(ctx: StageContext, executor, extractor, rows: dict, metas: dict,
     from components.llm.extractor import merge
 
     ex = extractor.cfg
-    build(ctx.cfg.service, "service")  # a wrong key fails here, naming it, before any node starts
+    ctx.component("service")  # a wrong key fails here, naming it, before any node starts
     service = OmegaConf.to_container(ctx.cfg.service, resolve=True)
     placed = executor.node_actors(NodeExtractor, service, ex, rows, metas, request_key, str(ctx.run_dir),
                                   executor.driver_node(), executor.opts.shared_fs,
@@ -193,7 +192,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     from components.llm.record_log import RecordLog, reusable, run_bounded
     from components.llm.rules import Glossary
 
-    ex = build(ctx.cfg.extraction, "extraction")
+    ex = ctx.component("extraction")
     chunks = read_jsonl(ctx.path("chunks.jsonl"))
     if ex.max_chunks:
         chunks = chunks[: ex.max_chunks]
@@ -225,11 +224,11 @@ def run(ctx: StageContext) -> dict[str, float]:
     t0 = time.perf_counter()
     asks = [c for c in todo if extractor.needs_llm(extractor.base(c, request_key))]
     svc = None
-    executor = ctx.resources.shared("executor", lambda: build(ctx.cfg.executor, "executor")) if asks else None
+    executor = ctx.resources.shared("executor", lambda: ctx.component("executor")) if asks else None
     on_cluster = executor is not None and executor.name == "ray"
     served: dict = {}  # on a cluster: the nodes' service metrics and tags, merged
     if asks and not on_cluster:
-        svc = ctx.resources.shared("llm", lambda: start_service(ctx.cfg.service, ctx.run_dir))
+        svc = ctx.resources.shared("llm", lambda: start_service(ctx.component("service"), ctx.run_dir))
         extractor.service = svc
         info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
                 "service.fallback": str(svc.fallback is not None).lower()}

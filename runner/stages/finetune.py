@@ -12,7 +12,6 @@ import logging
 
 from omegaconf import OmegaConf
 
-from runner.config import build
 from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -28,9 +27,9 @@ def run(ctx: StageContext) -> dict[str, float]:
     from components.training import export, lora
     from components.training.preflight import PreflightError
 
-    lcfg = build(ctx.cfg.lora, "lora")
-    base = build(ctx.cfg.model, "model")
-    ecfg = build(ctx.cfg.finetune, "finetune")
+    lcfg = ctx.component("lora")
+    base = ctx.component("model")
+    ecfg = ctx.component("finetune")
     adapters = ctx.path("adapters")
     prov = lora.provenance(OmegaConf.to_container(ctx.cfg.lora), OmegaConf.to_container(ctx.cfg.model),
                            ctx.path("dataset"))

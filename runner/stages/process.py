@@ -15,7 +15,6 @@ from typing import Any
 
 from components.files import write_json
 from components.progress import Progress
-from runner.config import build
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     if not documents.is_dir():
         raise StageError(f"process: {documents} is missing; run the convert stage first")
     try:
-        cfg = build(ctx.cfg.process, "process").model_copy(update={
+        cfg = ctx.component("process").model_copy(update={
             "input_dir": str(documents.resolve()), "output_path": str(ctx.path("chunks.jsonl").resolve())})
         config_path = write_config(cfg, ctx.path("process.yaml"))
         engine = resolve_engine(cfg.engine)
