@@ -68,7 +68,7 @@ def resolve_hardware(cfg: DictConfig, jobs: int = 1):
     """Resolve the hardware profile for this machine once and publish its values as ``cfg.hw``,
     where components read them through interpolations (``${hw.convert_workers}``). With
     ``jobs`` > 1 (a parallel sweep) each job gets that share of the CPUs and memory."""
-    from components.training.hardware import detect
+    from components.hardware import detect
 
     machine = detect()
     if jobs > 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from components.llm import health as H
+from components import health as H
 from components.llm.errors import ServiceFailure
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

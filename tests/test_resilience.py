@@ -13,7 +13,8 @@ from components.llm.alerts import Alerts, AlertStop
 from components.llm.cache import ResponseCache
 from components.llm.errors import (CircuitOpen, InvalidResponse, ModelMissing, ServiceError,
                                    ServiceUnavailable)
-from components.llm.resilience import CircuitBreaker, Resilience, ResilientService
+from components.llm.breaker import CircuitBreaker
+from components.llm.resilience import Resilience, ResilientService
 from components.llm.routing import Routing
 from tests.llm_fakes import Scripted
 

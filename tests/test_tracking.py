@@ -278,7 +278,7 @@ def test_basic_sweep_makes_a_parent_with_named_children(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_preset_runs_jobs_in_parallel_each_on_its_share_of_the_machine(tmp_path):
-    from components.training.hardware import detect
+    from components.hardware import detect
 
     sweep, client, parent, children = _sweep(tmp_path, "hydra/launcher=local_parallel",
                                              "hydra.launcher.n_jobs=2", "lora.rank=4,8")

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,92 +25,13 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from components.llm.alerts import Alert, AlertStop
 from components.llm.audit import endpoint
+from components.llm.breaker import CircuitBreaker
 from components.llm.errors import CircuitOpen, ServiceFailure, ServiceUnavailable
 from components.llm.reply import Reply, schema_token_budget
+from components.llm.telemetry import Target, target_metrics
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class CircuitBreaker:
-    """closed -> (``failures`` in a row) open -> (after ``reset_s``) half-open: one probe at a
-    time; its success closes the breaker, its failure opens it again."""
-
-    def __init__(self, failures: int = 5, reset_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[str, str], None] | None = None) -> None:
-        self.max_failures = failures
-        self.reset_s = reset_s
-        self.clock = clock
-        self.on_change = on_change
-        self.reason: str | None = None
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._probing = False
-        self._lock = threading.Lock()
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            return self._state()
-
-    def _state(self) -> str:
-        if self._opened_at is None:
-            return "closed"
-        return "half-open" if self.clock() - self._opened_at >= self.reset_s else "open"
-
-    def _changed(self, before: str) -> None:
-        after = self._state()
-        if after != before and self.on_change:
-            self.on_change(before, after)
-
-    def allow(self) -> bool:
-        """May a request go now? In half-open, only the first caller (the probe) may."""
-        with self._lock:
-            state = self._state()
-            if state == "closed":
-                return True
-            if state == "half-open" and not self._probing:
-                self._probing = True
-                if self.on_change:
-                    self.on_change("open", "half-open")
-                return True
-            return False
-
-    def success(self) -> None:
-        with self._lock:
-            before = self._state()
-            self._failures = 0
-            self._opened_at = None
-            self._probing = False
-            self.reason = None
-            self._changed(before)
-
-    def failure(self, reason: str | None = None) -> None:
-        with self._lock:
-            before = "half-open" if self._probing else self._state()
-            self._failures += 1
-            if self._probing or before == "half-open" or self._failures >= self.max_failures:
-                self._opened_at = self.clock()
-                self.reason = reason or self.reason
-            self._probing = False
-            if before != self._state() and self.on_change:
-                self.on_change(before, self._state())
-
-    def force_open(self, reason: str) -> None:
-        """Open now (the server or model is known to be missing at start)."""
-        with self._lock:
-            before = self._state()
-            self._opened_at = self.clock()
-            self._failures = max(self._failures, self.max_failures)
-            self._probing = False
-            self.reason = reason
-            self._changed(before)
-
-    def abandon(self) -> None:
-        """A probe that ended without a verdict (a bug, an interrupt) frees the probe slot."""
-        with self._lock:
-            self._probing = False
 
 
 class Resilience(Settings):
@@ -137,41 +58,6 @@ def chain(service: Any) -> "ResilientService":
     fallback its config composes."""
     fallback = None if service.on_unavailable == "fail" else service.fallback
     return (service.resilience or Resilience()).wrap(service, fallback)
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    ok: int = 0
-    errors: int = 0
-    retries: int = 0
-    fallbacks: int = 0          # requests this target served for another first choice
-    cache_hits: int = 0
-    breaker_opens: int = 0
-    breaker_recoveries: int = 0
-    thinking_stripped: int = 0  # replies that carried reasoning
-    length_retries: int = 0
-    context_overflows: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0        # server time of answered requests
-    latencies: list[float] = field(default_factory=list)
-
-
-class Target:
-    """One model on one service, with its own breaker and numbers."""
-
-    def __init__(self, service: Any, model: str, breaker: CircuitBreaker, is_fallback_service: bool):
-        self.service = service
-        self.model = model
-        self.key = f"{getattr(service, 'name', '?')}/{model}"
-        self.breaker = breaker
-        self.is_fallback_service = is_fallback_service
-        self.stats = Stats()
-
-
-def _metric_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 class ResilientService:
@@ -564,37 +450,10 @@ class ResilientService:
 
     # -- what MLflow gets ------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        tot = Counter()
         with self._lock:
-            for t in self.targets.values():
-                s = t.stats
-                if not (s.requests or s.cache_hits or s.breaker_opens):
-                    continue
-                p = f"service/{_metric_name(getattr(t.service, 'name', '?'))}/{_metric_name(t.model)}/"
-                lat = s.latencies
-                vals = {
-                    "requests": s.requests, "successes": s.ok, "errors": s.errors,
-                    "success_rate": round(s.ok / s.requests, 4) if s.requests else 0.0,
-                    "error_rate": round(s.errors / s.requests, 4) if s.requests else 0.0,
-                    "latency_p50_s": round(float(np.percentile(lat, 50)), 4) if lat else 0.0,
-                    "latency_p95_s": round(float(np.percentile(lat, 95)), 4) if lat else 0.0,
-                    "retries": s.retries, "breaker_opens": s.breaker_opens,
-                    "breaker_recoveries": s.breaker_recoveries, "fallbacks": s.fallbacks,
-                    "cache_hits": s.cache_hits, "thinking_stripped": s.thinking_stripped,
-                    "length_retries": s.length_retries, "context_overflows": s.context_overflows,
-                    "prompt_tokens_per_s": round(s.prompt_tokens / s.seconds, 2) if s.seconds else 0.0,
-                    "completion_tokens_per_s": round(s.completion_tokens / s.seconds, 2) if s.seconds else 0.0,
-                }
-                out.update({p + k: float(v) for k, v in vals.items()})
-                for k in ("requests", "errors", "retries", "breaker_opens", "fallbacks", "cache_hits",
-                          "thinking_stripped", "length_retries", "context_overflows"):
-                    tot[k] += vals[k]
+            out = target_metrics(self.targets.values())
             scrubbed = dict(self.scrubbed)
             alerts = list(self.alerts)
-        out.update({f"service/{k}": float(v) for k, v in tot.items()})
-        asked = tot["requests"] + tot["cache_hits"]
-        out["service/cache_hit_rate"] = round(tot["cache_hits"] / asked, 4) if asked else 0.0
         out["service/scrubbed"] = float(sum(scrubbed.values()))
         out.update({f"service/scrubbed_{k}": float(v) for k, v in scrubbed.items()})
         out.update({f"alert/{a}": 1.0 for a in alerts})

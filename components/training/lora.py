@@ -13,22 +13,21 @@ import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
-from components.files import build_dir, file_sha256, hash_path, read_jsonl, recover_dir, write_json
+from components.files import build_dir, hash_path, read_jsonl, write_json
 from components.settings import Settings
 from components.training import objective, preflight
+from components.training.checkpoint import Checkpoint
+from components.training.selection import Selection
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
 
 
 class LoraConfig(Settings):
@@ -184,70 +183,6 @@ def provenance_mismatch(adapter_dir: Path, expected: dict) -> str | None:
     return "; ".join(diffs) or "the adapters record no provenance (made by an older version)"
 
 
-# --- checkpoints ----------------------------------------------------------------------------------
-
-@dataclass
-class Checkpoint:
-    """``<adapters>.checkpoint/``: adapter weights, optimizer state and ``checkpoint.json``, which
-    is written last and names the step and the hashes of the other two, so a half-written
-    checkpoint is never resumed from."""
-
-    root: Path
-
-    def save(self, step: int, model, optimizer, key: str, selection: "Selection | None" = None) -> None:
-        import mlx.core as mx
-        from mlx.utils import tree_flatten
-
-        with build_dir(self.root) as tmp:
-            mx.save_safetensors(str(tmp / "adapters.safetensors"),
-                                dict(tree_flatten(model.trainable_parameters())))
-            opt_state = {k: v for k, v in tree_flatten(optimizer.state) if k not in ("step", "learning_rate")}
-            mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
-            files = ["adapters.safetensors", "optimizer.safetensors"]
-            kept = None
-            if selection is not None and selection.weights is not None:
-                # The best weights so far: a resumed run keeps choosing among the same checkpoints.
-                mx.save_safetensors(str(tmp / "best.safetensors"), selection.weights)
-                files.append("best.safetensors")
-                kept = {"score": selection.best[0], "step": selection.best[1], "since_best": selection.since_best}
-            write_json(tmp / "checkpoint.json", {
-                "format": CHECKPOINT_FORMAT, "step": step, "optimizer_step": int(optimizer.step.item()),
-                "key": key, "selection": kept, "sha256": {f: file_sha256(tmp / f) for f in files}})
-
-    def load_info(self, key: str) -> dict | None:
-        """The checkpoint's record when it is complete and was made under ``key``."""
-        recover_dir(self.root)  # a crash mid-swap
-        try:
-            info = json.loads((self.root / "checkpoint.json").read_text(encoding="utf-8"))
-            if info.get("format") != CHECKPOINT_FORMAT or info.get("key") != key:
-                return None
-            if all(file_sha256(self.root / f) == h for f, h in info["sha256"].items()):
-                return {**info, "root": self.root}
-        except (OSError, ValueError, KeyError):
-            pass
-        return None
-
-    def restore(self, info: dict, model, optimizer, selection: "Selection | None" = None) -> None:
-        import mlx.core as mx
-        from mlx.utils import tree_unflatten
-
-        kept = info.get("selection")
-        if selection is not None and kept:
-            selection.best, selection.since_best = (kept["score"], kept["step"]), kept["since_best"]
-            selection.weights = dict(mx.load(str(info["root"] / "best.safetensors")))
-
-        model.load_weights(str(info["root"] / "adapters.safetensors"), strict=False)
-        optimizer.init(model.trainable_parameters())
-        state = dict(optimizer.state)
-        state.update(tree_unflatten(list(mx.load(str(info["root"] / "optimizer.safetensors")).items())))
-        state["step"] = mx.array(info["optimizer_step"], mx.uint64)
-        optimizer.state = state
-
-    def remove(self) -> None:
-        for suffix in ("", ".old", ".partial"):
-            shutil.rmtree(self.root.with_name(self.root.name + suffix), ignore_errors=True)
-
-
 # --- training ---------------------------------------------------------------------------------------
 
 def _schedule(lora: LoraConfig, updates: int):
@@ -283,91 +218,6 @@ class _Subset:
 
     def __getitem__(self, i: int):
         return self.data[self.rows[i]]
-
-
-class _Stopped(Exception):
-    pass
-
-
-class Selection:
-    """The checkpoint a run keeps: the best validation score so far and the adapter weights that
-    made it, and when to stop for want of a better one.
-
-    The score is the accuracy on the validation probes (never-trained wordings of the facts),
-    the trained and the unseen ones together, so a checkpoint that learned by forgetting scores
-    no better than one that learned less. Without probes, the validation loss decides.
-    """
-
-    def __init__(self, probes: list[dict], tokenizer, system: str | None, patience: int | None,
-                 limit: int = 32, seed: int = 0, cancel: threading.Event | None = None) -> None:
-        import random
-
-        from components.mcq import MCQ
-
-        valid = [p for p in probes if p["split"] == "valid"]
-        # A validation asks at most ``limit`` probes, each set in its share.
-        random.Random(seed).shuffle(valid)
-        keep = min(limit, len(valid))
-        share = {s: round(keep * sum(p["set"] == s for p in valid) / max(1, len(valid))) for s in ("trained", "unseen")}
-        self.sets = {s: [MCQ.from_probe(p) for p in valid if p["set"] == s][: max(1, share[s])]
-                     for s in ("trained", "unseen")}
-        self.tokenizer, self.system, self.patience = tokenizer, system, patience
-        self.cancel = cancel or threading.Event()
-        self.best: tuple[float, int] | None = None  # (score, step)
-        self.weights: dict | None = None
-        self.since_best = 0
-
-    @property
-    def uses_probes(self) -> bool:
-        return bool(self.sets["trained"])
-
-    def measure(self, model, step: int, val_loss: float) -> dict[str, float]:
-        """The step's validation score (step 0, the base model, gives its loss alone)."""
-        from components.training import scoring
-
-        if step == 0:
-            return {}
-        out: dict[str, float] = {}
-        if not self.uses_probes:
-            score = -val_loss
-        else:
-            def stop_soon(_):
-                if self.cancel.is_set():
-                    raise _Stopped
-
-            right = asked = 0
-            try:
-                for name, qs in self.sets.items():
-                    if qs:
-                        # Batches of 8 questions: a stop asked for mid-validation waits a second or two.
-                        rows = scoring.score(model, self.tokenizer, qs, self.system, on_question=stop_soon, batch=8)
-                        out[f"finetune/probe_{name}_accuracy"] = sum(r["correct"] for r in rows) / len(rows)
-                        right, asked = right + sum(r["correct"] for r in rows), asked + len(rows)
-            except _Stopped:  # a stop was asked for: this validation counts for nothing
-                return {}
-            score = right / asked
-        out["finetune/selection_score"] = score
-        if self.best is None or score > self.best[0]:
-            from mlx.utils import tree_flatten
-
-            self.best, self.since_best = (score, step), 0
-            # mlx arrays are values: the optimizer's next update makes new ones, so holding
-            # these is a copy of the weights at this step.
-            self.weights = dict(tree_flatten(model.trainable_parameters()))
-        else:
-            self.since_best += 1
-        return out
-
-    @property
-    def stop(self) -> bool:
-        return self.patience is not None and self.since_best >= self.patience
-
-    def restore(self, model) -> int | None:
-        """Put the best weights back; return their step (None when there were none)."""
-        if self.best is None or self.weights is None:
-            return None
-        model.load_weights(list(self.weights.items()), strict=False)
-        return self.best[1]
 
 
 def _model_config(model_dir: Path) -> dict:
