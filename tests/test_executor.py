@@ -476,10 +476,12 @@ def test_cluster_helpers_merge_node_metrics_and_tell_node_local_servers():
     merged = merge_metrics([{"service/requests": 4.0, "service/cache_hit_rate": 0.5, "service/x/latency_p50_s": 1.0},
                             {"service/requests": 6.0, "service/cache_hit_rate": 0.25, "service/x/latency_p50_s": 3.0}])
     assert merged == {"service/requests": 10.0, "service/cache_hit_rate": 0.375, "service/x/latency_p50_s": 2.0}
-    tags = merge_tags([{"service.used": "ollama/a", "service.fallback": "false"},
-                       {"service.used": "embedded/b,ollama/a", "service.fallback": "true"},
-                       {"service.used": "none", "service.fallback": "false"}])
-    assert tags == {"service.used": "embedded/b,ollama/a", "service.fallback": "true"}
+    tags = merge_tags([{"service.used": "ollama", "service.targets": "ollama/a", "service.fallback": "false"},
+                       {"service.used": "embedded,ollama", "service.targets": "embedded/b,ollama/a",
+                        "service.fallback": "true"},
+                       {"service.used": "embedded", "service.targets": "none", "service.fallback": "false"}])
+    assert tags == {"service.used": "embedded,ollama", "service.targets": "embedded/b,ollama/a",
+                    "service.fallback": "true"}
 
 
 def test_where_replies_are_cached_does_not_change_what_is_asked():

@@ -48,7 +48,7 @@ def merge_tags(per_node: list[dict[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for tags in per_node:
         for k, v in tags.items():
-            if k == "service.used" and out.get(k) not in (None, "none"):
+            if k in ("service.used", "service.targets") and out.get(k) not in (None, "none"):
                 v = ",".join(sorted(set(out[k].split(",")) | ({*v.split(",")} - {"none"})))
             elif k == "service.fallback":
                 v = str(out.get(k) == "true" or v == "true").lower()
@@ -101,6 +101,6 @@ class NodeExtractor:
         """The chain's metrics and tags; the server is stopped."""
         try:
             return {"metrics": self.svc.metrics(), "tags": self.svc.tags(),
-                    "retried": self.svc.requests_retried, "fallback": self.svc.fallback is not None}
+                    "retried": self.svc.requests_retried}
         finally:
             self.svc.close()

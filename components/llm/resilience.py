@@ -460,14 +460,20 @@ class ResilientService:
         return out
 
     def tags(self) -> dict[str, str]:
+        """The run's service tags, made here only: ``service.used`` the services that answered
+        (their names; before any answer, the one that will), ``service.targets`` the
+        service/model pairs, ``service.fallback`` whether anything but the routed first choice
+        served (``extract/fallback_used`` is the same fact)."""
         with self._lock:
             served = {t.key: t.stats.ok + t.stats.cache_hits for t in self.targets.values()}
+            fell_back = self.fallback_started or any(t.stats.fallbacks for t in self.targets.values())
             alerts = dict(self.alerts)
+        targets = [k for k, n in served.items() if n]
         tags = {"service.configured": str(getattr(self.primary, "name", "?")),
-                "service.used": ",".join(k for k, n in served.items() if n) or "none",
+                "service.used": ",".join(sorted({k.split("/")[0] for k in targets})) or self.name,
+                "service.targets": ",".join(targets) or "none",
                 "service.models": json.dumps({k: n for k, n in served.items() if n}, sort_keys=True),
-                "service.fallback": str(self.fallback_started or any(
-                    t.stats.fallbacks for t in self.targets.values())).lower(),
+                "service.fallback": str(fell_back).lower(),
                 "service.breakers": ",".join(f"{k}={t.breaker.state}" for k, t in self.targets.items())}
         if self.fallback_reason:
             tags["service.fallback_reason"] = self.fallback_reason[:500]

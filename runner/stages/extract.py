@@ -181,8 +181,7 @@ def _on_cluster(ctx: StageContext, executor, extractor, rows: dict, metas: dict,
         executor.kill([a for _, a in placed])
         served.update(metrics=merge_metrics([e["metrics"] for e in ends]) if ends else {},
                       tags=merge_tags([e["tags"] for e in ends]),
-                      retried=sum(e["retried"] for e in ends), fallback=any(e["fallback"] for e in ends),
-                      name=ctx.cfg.service.name, nodes=len(actors))
+                      retried=sum(e["retried"] for e in ends), nodes=len(actors))
     return complete
 
 
@@ -230,11 +229,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     if asks and not on_cluster:
         svc = ctx.resources.shared("llm", lambda: start_service(ctx.component("service"), ctx.run_dir))
         extractor.service = svc
-        info = {"service.configured": ctx.cfg.service.name, "service.used": svc.name,
-                "service.fallback": str(svc.fallback is not None).lower()}
-        if svc.fallback_reason:
-            info["service.fallback_reason"] = svc.fallback_reason[:500]
-        ctx.tracker.set_tags(info)
+        ctx.tracker.set_tags(svc.tags())
 
     progress = Progress("extract", len(todo), unit="chunks", every_s=ex.progress_every_s).start()
 
@@ -292,12 +287,11 @@ def run(ctx: StageContext) -> dict[str, float]:
     new = [done[c["id"]] for c in todo]
     tokens = sum(((r.get("llm") or {}).get("usage") or {}).get("completion_tokens", 0) for r in new)
     if svc is not None:
-        served = {"metrics": svc.metrics(), "tags": svc.tags(), "retried": svc.requests_retried,
-                  "fallback": svc.fallback is not None, "name": svc.name}
+        served = {"metrics": svc.metrics(), "tags": svc.tags(), "retried": svc.requests_retried}
     metrics.update({
         "extract/resumed_chunks": float(resumed),
         "extract/glossary_rows": float(sum(len(r) for r in rows.values())),
-        "extract/fallback_used": float(bool(served.get("fallback"))),
+        "extract/fallback_used": float(served.get("tags", {}).get("service.fallback") == "true"),
         "extract/retried_requests": float(served.get("retried", 0)),
         "extract/seconds": round(seconds, 3),
         "extract/chunks_per_min": round(60 * len(todo) / seconds, 2) if seconds > 0 and todo else 0.0,
@@ -310,12 +304,6 @@ def run(ctx: StageContext) -> dict[str, float]:
     if on_cluster:
         metrics["extract/nodes"] = float(served.get("nodes", 0))
     if served.get("tags"):
-        # What happened after start (fallbacks, breaker opens, alerts) belongs on the run too;
-        # service.used stays the service's name, the targets (service/model) get their own tag.
-        tags = dict(served["tags"])
-        targets = tags.pop("service.used", "none")
-        tags["service.targets"] = targets
-        tags["service.used"] = ",".join(sorted({t.split("/")[0] for t in targets.split(",")
-                                                if t != "none"})) or served["name"]
-        ctx.tracker.set_tags(tags)
+        # What happened after start (fallbacks, breaker opens, alerts) belongs on the run too.
+        ctx.tracker.set_tags(served["tags"])
     return metrics
