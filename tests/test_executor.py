@@ -143,9 +143,9 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
 
 @needs_ray
 def test_an_address_where_nothing_answers_fails_fast_naming_the_key():
-    from tests.fixtures.ray_head import _free_port
+    from tests.fixtures.ports import free_port
 
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     t0 = time.perf_counter()
     with pytest.raises(ExecutorError, match=rf"executor\.address={address}: cannot connect to Ray: "
                                             r"nothing answers there"):
@@ -330,11 +330,11 @@ def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothi
 
 @needs_ray
 def test_no_cluster_at_the_address_is_a_stage_error_naming_the_key(tmp_path):
-    from tests.fixtures.ray_head import _free_port
+    from tests.fixtures.ports import free_port
 
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                RAY_AUTH_MODE="disabled")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     out = runner([f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
                   "stages=[convert]", "executor=ray", f"executor.address={address}"], env)
     assert out.returncode == 1 and "Traceback" not in out.log, out.log[-3000:]
