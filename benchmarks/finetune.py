@@ -3,7 +3,9 @@
 validation schedule, each in its own process, side by side.
 
 The bare CLI on Linux loads mlx's bundled reference BLAS (see benchmarks/blas.py); it runs here with
-the same OpenBLAS preloaded (LD_PRELOAD), so the ratio measures our stage, not the BLAS.
+the same OpenBLAS preloaded (LD_PRELOAD) and the same kernels (OPENBLAS_CORETYPE), so the ratio
+measures our stage, not the BLAS: its validations, and the training objective of
+components/training/objective.py (mlx-lm's loss on fewer positions).
 Last line: one JSON object (ratio_vs_bare: our wall time / bare wall time; goal <= 1.05).
 Usage: python benchmarks/finetune.py [--iters 30]
 """
@@ -76,7 +78,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     args = parser.parse_args()
 
-    from components.training.blas import OPENBLAS_LIBS
+    from components.training.blas import OPENBLAS_LIBS, cpu_flags, kernel_for
     from components.training.gguf import embedded_gguf_path, ensure_mlx_model
 
     model_dir = ensure_mlx_model(embedded_gguf_path(), ROOT / "outputs" / "cache" / "models")
@@ -94,7 +96,9 @@ def main() -> None:
                                    json.dumps(overrides)], env)
     metrics = json.loads(next(l for l in out.splitlines() if l.startswith("METRICS "))[8:])
 
-    bare_env = dict(env, LD_PRELOAD=":".join(OPENBLAS_LIBS))
+    # The same OpenBLAS kernels as ours (use_fast_blas picks them from the CPU's flags).
+    kernel = os.environ.get("OPENBLAS_CORETYPE") or kernel_for(cpu_flags())
+    bare_env = dict(env, LD_PRELOAD=":".join(OPENBLAS_LIBS), **({"OPENBLAS_CORETYPE": kernel} if kernel else {}))
     bare_s, bare_rss, bout = timed([sys.executable, "-m", "mlx_lm", "lora", "--model", str(model_dir), "--train",
                                     "--data", str(work / "run" / "dataset"), "--iters", str(args.iters),
                                     "--batch-size", str(common["batch"]), "--num-layers", str(common["layers"]),
