@@ -29,7 +29,6 @@ from components.training.selection import Selection
 log = logging.getLogger(__name__)
 
 
-
 class LoraConfig(Settings):
     """``lora`` group: mlx-lm LoRA hyperparameters. Defaults for rank, batch, accumulation and
     dtype come from the hardware profile (``${hw.*}`` in conf/lora)."""

@@ -6,7 +6,8 @@ rows this project trains on (about 65 tokens, the answer a dozen) that is most o
 on a CPU: the vocabulary projection of a 135M model costs as much as a third of its blocks. Here
 batches are padded to a multiple of 8, and the projection is applied only at the positions whose
 targets the loss counts. The loss and its token count are mlx-lm's ``default_loss`` exactly
-(``tests/test_finetune.py`` compares them); ``benchmarks/train_step.py`` measures the gain.
+(``tests/test_finetune.py`` compares them); ``benchmarks/finetune.py`` measures the gain against
+the bare ``mlx_lm lora`` command.
 """
 from __future__ import annotations
 
