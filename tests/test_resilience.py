@@ -286,3 +286,34 @@ def test_a_budget_below_the_schemas_largest_answer_is_warned_once(caplog):
     svc.chat_json([], schema, need - 1)
     svc.chat_json([], schema, need)
     assert caplog.text.count("largest answer needs") == 1
+
+
+def test_middleware_wraps_each_request_and_the_audit_sees_each_attempt(tmp_path):
+    """Scrubbing and alerts wrap a request, the audit trail each attempt on the wire: a request
+    retried twice leaves three rows, each with the request's scrubbed count, and the alert on
+    the error rate sees the request's outcome."""
+    import json
+
+    from components.llm.audit import Audit
+    from components.llm.privacy import Privacy
+
+    p = Scripted(fail=failing(2))
+    p.base_url = "https://gw.example/v1"  # remote: scrubbed
+    p.privacy, p.audit = Privacy(local_only=False), Audit()
+    p.alerts = Alerts(error_rate=0.0, min_requests=1)
+    svc = ResilientService(p, **fast()).bind(tmp_path)
+    svc.start()
+    reply = svc.chat_json([{"role": "user", "content": "mail a@b.org"}], {}, 8, chunk_id="c1")
+    svc.close()
+    rows = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["retries"], r["scrubbed"], r["chunk_id"]) for r in rows] == \
+        [(503, 0, 1, "c1"), (503, 1, 1, "c1"), (200, 2, 1, "c1")]
+    assert reply.retries == 2 and svc.metrics()["service/scrubbed_email"] == 1
+    assert "error_rate" not in svc.alerts  # the request succeeded: 0 errors of 1
+
+    p2 = Scripted(fail=always(lambda: ServiceError("HTTP 400", status=400)))
+    p2.alerts = Alerts(error_rate=0.5, min_requests=1)
+    svc2 = ResilientService(p2, **fast())
+    with pytest.raises(ServiceError):
+        svc2.chat_json([], {}, 8)
+    assert "error_rate" in svc2.alerts and svc2.tags()["alert.error_rate"].startswith("primary/m: 1/1")

@@ -14,11 +14,21 @@ folder, named in the log.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from components.llm.errors import ServiceUnavailable
 from components.llm.privacy import is_loopback
 from components.llm.resilience import chain
+
+log = logging.getLogger(__name__)
+
+
+class NoNodeServes(ServiceUnavailable):
+    """No node of the cluster could start the service."""
 
 
 def node_local(service: dict) -> bool:
@@ -104,3 +114,60 @@ class NodeExtractor:
                     "retried": self.svc.requests_retried}
         finally:
             self.svc.close()
+
+
+def extract_on_cluster(executor, extractor, service: dict, rows: dict[str, list[dict]],
+                       metas: dict[str, dict], request_key: str, run_dir: Path, asks: list[dict],
+                       finished: Callable[[dict, dict], None],
+                       cancel: threading.Event) -> tuple[bool, dict[str, Any]]:
+    """The chunks that need the model (``asks``), on one ``NodeExtractor`` per node of
+    ``executor``'s cluster, each record handed to ``finished(chunk, record)`` as it is back.
+    Returns whether every chunk was asked (False: ``cancel`` ended it early) and the nodes'
+    merged service metrics and tags. Raises ``NoNodeServes`` when no node can start the service."""
+    from components.executor import Failed
+    from components.llm.extractor import merge
+
+    ex = extractor.cfg
+    placed = executor.node_actors(NodeExtractor, service, ex, rows, metas, request_key, str(run_dir),
+                                  executor.driver_node(), executor.opts.shared_fs,
+                                  max_concurrency=ex.concurrency + 1)  # one call more: abort, finish
+    actors, errors = [], []
+    for (node, actor), info in zip(placed, executor.call_all([a for _, a in placed], "ready")):
+        if isinstance(info, Failed):
+            errors.append(info.error)
+            log.warning("extract: node %s cannot serve: %s", node[:12], info.error)
+        else:
+            actors.append(actor)
+            log.info("extract: node %s: service %s, audit in %s", node[:12], info["service"], info["audit_dir"])
+    if not actors:
+        executor.kill([a for _, a in placed])
+        raise NoNodeServes(f"no node of the Ray cluster could start the service: "
+                           f"{errors[0] if errors else 'the cluster has no node with CPUs'}")
+    shared = not node_local(service)
+    log.info("extract: %d chunk(s) on %d node(s), at most %d request(s) at once %s", len(asks),
+             len(actors), ex.concurrency if shared else ex.concurrency * len(actors),
+             "(one shared server)" if shared else f"({ex.concurrency} per node's own server)")
+    complete = False
+    served: dict[str, Any] = {}
+    try:
+        with executor.map_on_actors(actors, "extract", asks, per_actor=ex.concurrency,
+                                    total=ex.concurrency if shared else None, cancel=cancel) as batch:
+            for i, res in batch:
+                chunk = asks[i]
+                if isinstance(res, Failed):  # the node went away or the call broke: retried next run
+                    rec = extractor.base(chunk, request_key)
+                    rec.update(status="error", failure="transient", error=res.error[:500])
+                    rec["result"] = merge(rec, ex.extractor)
+                    res = rec
+                finished(chunk, res)
+        complete = not cancel.is_set()
+    finally:
+        if not complete:
+            n = sum(x for x in executor.call_all(actors, "abort", timeout_s=5) if isinstance(x, int))
+            log.info("extract: stopping: %d request(s) in flight abandoned", n)
+        ends = [e for e in executor.call_all(actors, "finish", timeout_s=60) if not isinstance(e, Failed)]
+        executor.kill([a for _, a in placed])
+        served.update(metrics=merge_metrics([e["metrics"] for e in ends]) if ends else {},
+                      tags=merge_tags([e["tags"] for e in ends]),
+                      retried=sum(e["retried"] for e in ends), nodes=len(actors))
+    return complete, served

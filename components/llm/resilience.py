@@ -1,5 +1,6 @@
 """The chain around an LLM service: routing, retries, a breaker per service and model, the
-fallback, the response cache, scrubbing, the audit log and alerts.
+fallback and the response cache; scrubbing, the audit log and alerts are middleware it runs
+around each request (``middleware.py``).
 
 A local server on a laptop goes away (sleep, model swap, OOM) or hangs. Transient failures are
 retried with exponential backoff and jitter (honouring ``Retry-After``); after repeated failures a
@@ -14,19 +15,17 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from components.llm.alerts import Alert, AlertStop
-from components.llm.audit import endpoint
+from components.llm.alerts import Alert
 from components.llm.breaker import CircuitBreaker
 from components.llm.errors import CircuitOpen, ServiceFailure, ServiceUnavailable
+from components.llm.middleware import Alarms, AuditTrail, Call, Scrubbing
 from components.llm.reply import Reply, schema_token_budget
 from components.llm.telemetry import Target, target_metrics
 from components.settings import Settings
@@ -82,19 +81,12 @@ class ResilientService:
         self._clock = clock or proto.clock
         self.routing = getattr(primary, "routing", None)
         self.cache = getattr(primary, "cache", None)
-        self.privacy = getattr(primary, "privacy", None)
-        self.alerts_cfg = getattr(primary, "alerts", None)
-        self.audit_cfg = getattr(primary, "audit", None)
         self.on_unavailable = getattr(primary, "on_unavailable", "fallback")
-        self._scrubber = self.privacy.scrubber() if self.privacy is not None else None
+        self.scrubbing = Scrubbing(getattr(primary, "privacy", None))
+        self.audit = AuditTrail(getattr(primary, "audit", None))
+        self.alarms = Alarms(getattr(primary, "alerts", None), getattr(self.cache, "dir", None))
         self._lock = threading.Lock()
         self._fallback_lock = threading.Lock()
-        self._audit = None
-        self._disk_path: str | None = getattr(self.cache, "dir", None)
-        self.alerts: dict[str, Alert] = {}
-        self._stop: AlertStop | None = None
-        self._last_resource_check = float("-inf")
-        self.scrubbed: Counter = Counter()
         self.fallback_started = False
         self.fallback_reason: str | None = None
         self.requests_retried = 0
@@ -145,24 +137,27 @@ class ResilientService:
     def name(self) -> str:
         return getattr(self.used, "name", "?")
 
+    @property
+    def alerts(self) -> dict[str, Alert]:
+        """The alerts fired so far, by name."""
+        return self.alarms.fired
+
     def bind(self, run_dir: str | Path | None) -> "ResilientService":
         """Write ``audit.jsonl`` into ``run_dir`` and watch its disk."""
         if run_dir is not None:
-            if self._audit is not None:
-                self._audit.close()
-            self._audit = self.audit_cfg.log(run_dir) if self.audit_cfg is not None else None
-            self._disk_path = str(run_dir)
+            self.audit.bind(run_dir)
+            self.alarms.disk_path = str(run_dir)
         return self
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> None:
         """Check the primary (server, version, models) and, when it cannot serve, fail with the
         reason (``service.on_unavailable=fail`` or no fallback) or start the fallback now."""
-        self._check_resources(force=True)
+        self.alarms.check_resources(force=True)
         try:
             self.primary.start()
         except ServiceUnavailable as exc:
-            self._raise_alert("service_down", str(exc))
+            self.alarms.fire("service_down", str(exc))
             if self.on_unavailable == "fail":
                 raise ServiceUnavailable(f"{exc} (service.on_unavailable=fail: not falling back)",
                                          transient=False) from None
@@ -177,8 +172,7 @@ class ResilientService:
                 key = f"{getattr(self.primary, 'name', '?')}/{model}"
                 if key in self.targets:
                     self.targets[key].breaker.force_open(f"model {model} missing: {step}")
-        if self._stop is not None:
-            raise self._stop
+        self.alarms.raise_if_stopping()
 
     def _start_fallback(self, reason: str) -> None:
         with self._fallback_lock:
@@ -213,14 +207,13 @@ class ResilientService:
     def chat_json(self, messages: list[dict], schema: dict, max_tokens: int,
                   temperature: float = 0.0, *, complexity: float | None = None,
                   chunk_id: str | None = None) -> Reply:
-        if self._stop is not None:
-            raise self._stop
+        self.alarms.raise_if_stopping()
         self._check_budget(schema, max_tokens)
         order = self._order(complexity)
         first = order[0]
         hit = self._cache_get(first, messages, schema, max_tokens, temperature)
         if hit is not None:
-            self._audit_row(first, chunk_id, status="cache", cache_hit=True, latency_s=0.0)
+            self.audit.row(first, chunk_id, status="cache", cache_hit=True, latency_s=0.0)
             return hit
         last_exc: ServiceFailure | None = None
         skipped = []
@@ -273,30 +266,31 @@ class ResilientService:
         return max(base, min(ra, self.retry_after_max_s)) if ra else base
 
     def _call(self, t: Target, messages, schema, max_tokens, temperature, chunk_id) -> Reply:
+        call = Call(t, messages, schema, max_tokens, temperature, chunk_id)
+        return self.scrubbing(call, lambda c: self.alarms(c, self._request))
+
+    def _request(self, call: Call) -> Reply:
+        """One request to one target: its attempts, a second ask when the answer was cut, and
+        what they tell the target's breaker and statistics."""
+        t, max_tokens = call.target, call.max_tokens
         svc = t.service
-        scrubbed = 0
-        if self._scrubber is not None and self.privacy.should_scrub(getattr(svc, "base_url", None) or "http://127.0.0.1"):
-            messages, counts = self._scrubber.messages(messages)
-            scrubbed = sum(counts.values())
-            with self._lock:
-                self.scrubbed.update(counts)
-        overflow = svc.context_overflow(messages, max_tokens) if hasattr(svc, "context_overflow") else 0
+        overflow = svc.context_overflow(call.messages, max_tokens) if hasattr(svc, "context_overflow") else 0
         if overflow:
             log.warning("%s: chunk %s: prompt plus %d answer tokens exceed the context window by ~%d "
                         "tokens; the server will cut the chunk (raise num_ctx or lower chunk size)",
-                        t.key, chunk_id or "?", max_tokens, overflow)
+                        t.key, call.chunk_id or "?", max_tokens, overflow)
         t0 = time.perf_counter()
         with self._lock:
             t.stats.requests += 1
             t.stats.context_overflows += bool(overflow)
         try:
-            reply = self._attempts(t, messages, schema, max_tokens, temperature, chunk_id, scrubbed)
+            reply = self._attempts(call)
             length_retried = False
             if (reply.finish_reason == "length" and self.length_retry_max_tokens > max_tokens):
                 more = min(self.length_retry_max_tokens, max_tokens * 2)
                 log.info("%s: chunk %s cut at %d tokens; asking once more with %d", t.key,
-                         chunk_id or "?", max_tokens, more)
-                again = self._attempts(t, messages, schema, more, temperature, chunk_id, scrubbed)
+                         call.chunk_id or "?", max_tokens, more)
+                again = self._attempts(replace(call, max_tokens=more))
                 again.thinking_stripped += reply.thinking_stripped
                 again.retries += reply.retries
                 reply, length_retried = again, True
@@ -307,7 +301,6 @@ class ResilientService:
                 t.breaker.failure(str(exc))
             else:
                 t.breaker.success()  # the server answered: it is up, the request was wrong
-            self._after_request(t)
             raise
         t.breaker.success()
         reply.length_retried = length_retried
@@ -321,11 +314,11 @@ class ResilientService:
             s.seconds += reply.seconds
             s.thinking_stripped += bool(reply.thinking_stripped)
             s.length_retries += length_retried
-        self._after_request(t)
         return reply
 
-    def _attempts(self, t: Target, messages, schema, max_tokens, temperature, chunk_id,
-                  scrubbed: int) -> Reply:
+    def _attempts(self, call: Call) -> Reply:
+        """Transient failures tried again with backoff; each attempt through the audit trail."""
+        t = call.target
         n = 0
         for attempt in Retrying(stop=stop_after_attempt(self.retries), wait=self._wait,
                                 retry=retry_if_exception(lambda e: isinstance(e, ServiceFailure) and e.transient),
@@ -336,22 +329,16 @@ class ResilientService:
                     with self._lock:
                         t.stats.retries += 1
                         self.requests_retried += 1
-                t0 = time.perf_counter()
-                try:
-                    reply = t.service.chat_json(messages, schema, max_tokens, temperature, model=t.model)
-                except ServiceFailure as exc:
-                    self._audit_row(t, chunk_id, status=exc.status or "error", failure=exc.failure,
-                                    error=type(exc).__name__, retries=n - 1, scrubbed=scrubbed,
-                                    latency_s=time.perf_counter() - t0,
-                                    request_bytes=exc.request_bytes, response_bytes=exc.response_bytes)
-                    raise
-                reply.retries = n - 1
-                reply.model = reply.model or t.model
-                reply.service = reply.service or getattr(t.service, "name", None)
-                self._audit_row(t, chunk_id, status=200, retries=n - 1, scrubbed=scrubbed,
-                                latency_s=time.perf_counter() - t0, request_bytes=reply.request_bytes,
-                                response_bytes=reply.response_bytes, finish_reason=reply.finish_reason,
-                                content={"messages": messages, "reply": reply.content})
+                reply = self.audit(replace(call, attempt=n), self._wire)
+        return reply
+
+    @staticmethod
+    def _wire(call: Call) -> Reply:
+        t = call.target
+        reply = t.service.chat_json(call.messages, call.schema, call.max_tokens, call.temperature, model=t.model)
+        reply.retries = call.attempt - 1
+        reply.model = reply.model or t.model
+        reply.service = reply.service or getattr(t.service, "name", None)
         return reply
 
     # -- cache -----------------------------------------------------------------------------
@@ -383,19 +370,7 @@ class ResilientService:
             return
         self.cache.put(self._cache_key(t, messages, schema, max_tokens, temperature), reply.cacheable())
 
-    # -- audit, alerts ---------------------------------------------------------------------
-    def _audit_row(self, t: Target, chunk_id, *, content: dict | None = None, **fields) -> None:
-        if self._audit is None:
-            return
-        row = {"service": getattr(t.service, "name", None),
-               "endpoint": endpoint(getattr(t.service, "base_url", None)), "model": t.model,
-               "chunk_id": chunk_id, "request_bytes": 0, "response_bytes": 0, "retries": 0,
-               "scrubbed": 0, "cache_hit": False}
-        row.update(fields)
-        if "latency_s" in row:
-            row["latency_s"] = round(row["latency_s"], 4)
-        self._audit.write(row, content)
-
+    # -- breakers ------------------------------------------------------------------------
     def _breaker_changed(self, key: str, before: str, after: str) -> None:
         t = self.targets.get(key)
         level = logging.WARNING if after == "open" else logging.INFO
@@ -409,55 +384,19 @@ class ResilientService:
             if after == "closed" and before != "closed":
                 t.stats.breaker_recoveries += 1
         if after == "open":
-            self._raise_alert("breaker_open", f"{key}: circuit open ({t.breaker.reason or 'failures'})")
+            self.alarms.fire("breaker_open", f"{key}: circuit open ({t.breaker.reason or 'failures'})")
             if t is self._primary_target:
-                self._raise_alert("service_down", f"{key}: {t.breaker.reason or 'not answering'}")
-
-    def _raise_alert(self, name: str, message: str) -> None:
-        with self._lock:
-            if name in self.alerts:
-                return
-            self.alerts[name] = Alert(name, message)
-        log.warning("ALERT %s: %s", name, message)
-        if self.alerts_cfg is not None and name in self.alerts_cfg.fail_on:
-            self._stop = AlertStop(f"alert {name} is in alerts.fail_on: {message}")
-
-    def _check_resources(self, force: bool = False) -> None:
-        if self.alerts_cfg is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_resource_check < 10.0:
-            return
-        self._last_resource_check = now
-        for a in self.alerts_cfg.resources(self._disk_path):
-            self._raise_alert(a.name, a.message)
-
-    def _after_request(self, t: Target) -> None:
-        if self.alerts_cfg is None:
-            return
-        with self._lock:
-            s = t.stats
-            p95 = float(np.percentile(s.latencies, 95)) if s.latencies else None
-            found = self.alerts_cfg.service(t.key, s.requests, s.errors, p95)
-        for a in found:
-            self._raise_alert(a.name, a.message)
-        self._check_resources()
+                self.alarms.fire("service_down", f"{key}: {t.breaker.reason or 'not answering'}")
 
     def check_alerts(self) -> None:
         """Raise AlertStop when an alert listed in ``alerts.fail_on`` has fired."""
-        if self._stop is not None:
-            raise self._stop
+        self.alarms.raise_if_stopping()
 
     # -- what MLflow gets ------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         with self._lock:
             out = target_metrics(self.targets.values())
-            scrubbed = dict(self.scrubbed)
-            alerts = list(self.alerts)
-        out["service/scrubbed"] = float(sum(scrubbed.values()))
-        out.update({f"service/scrubbed_{k}": float(v) for k, v in scrubbed.items()})
-        out.update({f"alert/{a}": 1.0 for a in alerts})
-        return out
+        return {**out, **self.scrubbing.metrics(), **self.alarms.metrics()}
 
     def tags(self) -> dict[str, str]:
         """The run's service tags, made here only: ``service.used`` the services that answered
@@ -467,7 +406,6 @@ class ResilientService:
         with self._lock:
             served = {t.key: t.stats.ok + t.stats.cache_hits for t in self.targets.values()}
             fell_back = self.fallback_started or any(t.stats.fallbacks for t in self.targets.values())
-            alerts = dict(self.alerts)
         targets = [k for k, n in served.items() if n]
         tags = {"service.configured": str(getattr(self.primary, "name", "?")),
                 "service.used": ",".join(sorted({k.split("/")[0] for k in targets})) or self.name,
@@ -477,7 +415,7 @@ class ResilientService:
                 "service.breakers": ",".join(f"{k}={t.breaker.state}" for k, t in self.targets.items())}
         if self.fallback_reason:
             tags["service.fallback_reason"] = self.fallback_reason[:500]
-        tags.update({f"alert.{a.name}": a.message[:500] for a in alerts.values()})
+        tags.update(self.alarms.tags())
         return tags
 
     def abort_requests(self) -> int:
@@ -508,6 +446,4 @@ class ResilientService:
         for s in (self._standby, self.primary):
             if s is not None:
                 s.close()
-        if self._audit is not None:
-            self._audit.close()
-            self._audit = None
+        self.audit.close()

@@ -129,64 +129,9 @@ def _release(ctx: StageContext, svc, stopping: bool) -> None:
     ctx.resources.release("llm")
 
 
-def _on_cluster(ctx: StageContext, executor, extractor, rows: dict, metas: dict, request_key: str,
-                asks: list[dict], finished, served: dict) -> bool:
-    """The chunks that need the model, on one extraction actor per node (components/llm/cluster);
-    False when a stop request ended it early. ``served`` gets the nodes' merged service
-    metrics and tags."""
-    from components.executor import Failed
-    from components.llm.cluster import NodeExtractor, merge_metrics, merge_tags, node_local
-    from components.llm.extractor import merge
-
-    ex = extractor.cfg
-    ctx.component("service")  # a wrong key fails here, naming it, before any node starts
-    service = OmegaConf.to_container(ctx.cfg.service, resolve=True)
-    placed = executor.node_actors(NodeExtractor, service, ex, rows, metas, request_key, str(ctx.run_dir),
-                                  executor.driver_node(), executor.opts.shared_fs,
-                                  max_concurrency=ex.concurrency + 1)  # one call more: abort, finish
-    actors, errors = [], []
-    for (node, actor), info in zip(placed, executor.call_all([a for _, a in placed], "ready")):
-        if isinstance(info, Failed):
-            errors.append(info.error)
-            log.warning("extract: node %s cannot serve: %s", node[:12], info.error)
-        else:
-            actors.append(actor)
-            log.info("extract: node %s: service %s, audit in %s", node[:12], info["service"], info["audit_dir"])
-    if not actors:
-        executor.kill([a for _, a in placed])
-        raise StageError(f"extract: no node of the Ray cluster could start the service: "
-                         f"{errors[0] if errors else 'the cluster has no node with CPUs'}")
-    shared = not node_local(service)
-    log.info("extract: %d chunk(s) on %d node(s), at most %d request(s) at once %s", len(asks),
-             len(actors), ex.concurrency if shared else ex.concurrency * len(actors),
-             "(one shared server)" if shared else f"({ex.concurrency} per node's own server)")
-    complete = False
-    try:
-        with executor.map_on_actors(actors, "extract", asks, per_actor=ex.concurrency,
-                                    total=ex.concurrency if shared else None, cancel=ctx.cancel) as batch:
-            for i, res in batch:
-                chunk = asks[i]
-                if isinstance(res, Failed):  # the node went away or the call broke: retried next run
-                    rec = extractor.base(chunk, request_key)
-                    rec.update(status="error", failure="transient", error=res.error[:500])
-                    rec["result"] = merge(rec, ex.extractor)
-                    res = rec
-                finished(chunk, res)
-        complete = not ctx.cancel.is_set()
-    finally:
-        if not complete:
-            n = sum(x for x in executor.call_all(actors, "abort", timeout_s=5) if isinstance(x, int))
-            log.info("extract: stopping: %d request(s) in flight abandoned", n)
-        ends = [e for e in executor.call_all(actors, "finish", timeout_s=60) if not isinstance(e, Failed)]
-        executor.kill([a for _, a in placed])
-        served.update(metrics=merge_metrics([e["metrics"] for e in ends]) if ends else {},
-                      tags=merge_tags([e["tags"] for e in ends]),
-                      retried=sum(e["retried"] for e in ends), nodes=len(actors))
-    return complete
-
-
 def run(ctx: StageContext) -> dict[str, float]:
     from components.llm import extraction as X
+    from components.llm.cluster import NoNodeServes, extract_on_cluster
     from components.llm.extractor import ChunkExtractor, chunk_sha, merge, quality
     from components.llm.record_log import RecordLog, reusable, run_bounded
     from components.llm.rules import Glossary
@@ -252,8 +197,13 @@ def run(ctx: StageContext) -> dict[str, float]:
                     finished(c, extractor(c, request_key))
             else:
                 if on_cluster:
-                    complete = _on_cluster(ctx, executor, extractor, rows, metas, request_key, asks,
-                                           finished, served)
+                    ctx.component("service")  # a wrong key fails here, naming it, before any node starts
+                    try:
+                        complete, served = extract_on_cluster(
+                            executor, extractor, OmegaConf.to_container(ctx.cfg.service, resolve=True),
+                            rows, metas, request_key, ctx.run_dir, asks, finished, ctx.cancel)
+                    except NoNodeServes as exc:
+                        raise StageError(f"extract: {exc}") from None
                 else:
                     complete = run_bounded(asks, lambda c: extractor(c, request_key), ex.concurrency,
                                            ctx.cancel, finished, grace_s=1.0)
