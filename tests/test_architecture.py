@@ -161,3 +161,16 @@ def test_a_component_is_built_once_per_run_and_config(compose, tmp_path):
     other = compose("lora.rank=4")
     assert resources.component("lora", other.lora) is not built
     assert resources.component("lora", other.lora).rank == 4
+
+
+def test_one_writer_makes_every_3gpp_word_file():
+    """The sample corpus and the ETSI-layout fixtures give their content to one Word writer
+    (components/documents/spec_word), whose bytes are reproducible."""
+    from components.documents import sample_corpus
+    from tests.fixtures import etsi_layout
+
+    for module in (sample_corpus, etsi_layout):
+        text = Path(module.__file__).read_text(encoding="utf-8")
+        assert "import docx" not in text and "spec_word" in text, module.__name__
+    doc = sample_corpus.spec_documents()[0]
+    assert sample_corpus.docx_bytes(doc) == sample_corpus.docx_bytes(doc)

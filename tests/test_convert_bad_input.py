@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from components.documents.convert import DoclingConverter
-from components.documents.sample_corpus import VENDOR_GUIDE, docx_bytes, pdf_bytes, spec_documents, zip_bytes
+from components.documents.sample_corpus import VENDOR_GUIDE, docx_bytes, pdf_bytes, spec_documents
+from components.documents.spec_word import zip_bytes
 from tests.test_convert import make_cfg, run_stage
 
 WESTERN = "R\u00e9sum\u00e9 \u2013 M\u00fcller: latency 5 \u00b5s, na\u00efve caf\u00e9 \u00fcber"

@@ -4,22 +4,21 @@ None of this is 3GPP specification text (that is copyrighted): the specification
 (TS 38.899, TS 23.599) and the prose is ours, written in the shape of a real release — cover
 line, "3.2 Abbreviations", numbered clauses, captioned tables, spec references — so every stage
 sees what it will see on real input: .docx inside .zip (two releases of one spec, i.e. near
-duplicates), a vendor PDF, Markdown and HTML.
+duplicates), a vendor PDF, Markdown and HTML. The Word files are written by ``spec_word``, as
+the ETSI-layout test fixtures' are.
 """
 from __future__ import annotations
 
 import io
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.documents import spec_word
+from components.documents.spec_word import WordClause, zip_bytes
 from components.files import staged_dir
 
 SAMPLE_VERSION = "v2"
-
-# Fixed timestamp so the generated files (and their content hashes) are reproducible.
-_ZIP_DATE = (2026, 1, 1, 0, 0, 0)
 
 
 @dataclass
@@ -272,47 +271,20 @@ def spec_documents() -> list[SpecDoc]:
 
 
 def _docx_bytes(doc: SpecDoc) -> bytes:
-    import docx  # python-docx
-
-    d = docx.Document()
-    d.core_properties.author = "telecom-finetune sample"
-    d.core_properties.title = f"3GPP TS {doc.spec} V{doc.version}"
-    # Cover page as 3GPP writes it: spec number with version and date, then the title.
-    d.add_paragraph(f"3GPP TS {doc.spec} V{doc.version} ({doc.date})")
-    d.add_paragraph("Technical Specification")
-    d.add_paragraph(doc.title)
+    # Cover page as 3GPP writes it: spec number with version and date, then the title; the
+    # abbreviations as clause 3.2, after the last clause 3.x.
+    clauses = []
     for i, sec in enumerate(doc.sections):
-        level = sec.number.count(".") + 1
-        d.add_heading(f"{sec.number}\t{sec.title}", level=level)
-        for p in sec.paragraphs:
-            d.add_paragraph(p)
+        clauses.append(WordClause(f"{sec.number}\t{sec.title}", sec.number.count(".") + 1,
+                                  list(sec.paragraphs), table=sec.table))
         nxt = doc.sections[i + 1].number if i + 1 < len(doc.sections) else ""
         if sec.number.split(".")[0] == "3" and nxt.split(".")[0] != "3":
-            d.add_heading("3.2\tAbbreviations", level=2)
-            d.add_paragraph("For the purposes of the present document, the following "
-                            "abbreviations apply.")
-            for abbr, exp in doc.abbreviations:
-                d.add_paragraph(f"{abbr}\t{exp}")
-        if sec.table:
-            caption, header, rows = sec.table
-            d.add_paragraph(caption)
-            t = d.add_table(rows=1 + len(rows), cols=len(header))
-            for i, h in enumerate(header):
-                t.rows[0].cells[i].text = h
-            for r, row in enumerate(rows, start=1):
-                for i, v in enumerate(row):
-                    t.rows[r].cells[i].text = v
-    buf = io.BytesIO()
-    d.save(buf)
-    return buf.getvalue()
-
-
-def _zip_bytes(name: str, payload: bytes) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(zipfile.ZipInfo(name, date_time=_ZIP_DATE), payload,
-                    compress_type=zipfile.ZIP_DEFLATED)
-    return buf.getvalue()
+            clauses.append(WordClause("3.2\tAbbreviations", 2, [
+                "For the purposes of the present document, the following abbreviations apply."],
+                abbreviations=list(doc.abbreviations)))
+    return spec_word.docx_bytes([f"3GPP TS {doc.spec} V{doc.version} ({doc.date})", "Technical Specification",
+                                 doc.title], clauses, title=f"3GPP TS {doc.spec} V{doc.version}",
+                                author="telecom-finetune sample")
 
 
 VENDOR_GUIDE = [
@@ -421,7 +393,7 @@ def write_sample_corpus(dest: str | os.PathLike) -> Path:
         return dest
     with staged_dir(dest, on_exists="keep") as tmp:
         for doc in spec_documents():
-            (tmp / f"{doc.stem}.zip").write_bytes(_zip_bytes(f"{doc.stem}.docx", _docx_bytes(doc)))
+            (tmp / f"{doc.stem}.zip").write_bytes(zip_bytes(f"{doc.stem}.docx", _docx_bytes(doc)))
         (tmp / "vendor-gnb-configuration-guide.pdf").write_bytes(
             _pdf_bytes("Example gNB Configuration Guide", VENDOR_GUIDE))
         (tmp / "operator-rollout-notes.md").write_text(OPERATOR_NOTES, encoding="utf-8")
@@ -432,4 +404,3 @@ def write_sample_corpus(dest: str | os.PathLike) -> Path:
 # Exposed for tests that build their own variants.
 docx_bytes = _docx_bytes
 pdf_bytes = _pdf_bytes
-zip_bytes = _zip_bytes
