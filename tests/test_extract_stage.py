@@ -253,7 +253,9 @@ def test_the_record_log_closes_a_cut_line_and_reuse_skips_it(tmp_path):
 def test_stop_request_while_the_real_embedded_server_extracts(tmp_path, compose):
     """The real llama.cpp server (SmolLM2-135M): a timer sets ctx.cancel once two chunks are done;
     the stage must stop within seconds, keep the finished records and release the server."""
-    cfg = compose("extraction.verify=false", "extraction.concurrency=2", "extraction.max_tokens=96")
+    # Six of the 14 chunks: enough to stop mid-way, and a rerun that finishes in seconds.
+    cfg = compose("extraction.verify=false", "extraction.concurrency=2", "extraction.max_tokens=96",
+                  "extraction.max_chunks=6")
     run = run_dir_with_labelled(tmp_path)
     res = Resources()
     ctx = pipeline.context("extract", run, cfg, NullTracker(), res)
@@ -272,9 +274,9 @@ def test_stop_request_while_the_real_embedded_server_extracts(tmp_path, compose)
     took = time.monotonic() - stopped_at["t"]
     assert took < 5.0, took
     kept = read(partial)
-    assert len(kept) >= 2 and len(kept) < 14
+    assert len(kept) >= 2 and len(kept) < 6
     assert "llm" not in res._built  # the server was released
     # The rerun keeps every finished record and does only the rest.
     m = stage.run(pipeline.context("extract", run, cfg, NullTracker(), Resources()))
     assert m["extract/resumed_chunks"] >= len({r["chunk_id"] for r in kept if r["failure"] is None})
-    assert len(read(run / "extractions.jsonl")) == 14
+    assert len(read(run / "extractions.jsonl")) == 6
