@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components import stats
+from components.llm import record
 from components.secrets import scrub
 from runner.pipeline import ORDER
 
@@ -62,7 +63,9 @@ def collect(run_dir: Path, metrics: dict, info: dict, series: dict | None = None
     timings = _load(run_dir / ".state" / "last_run.json") or {}  # stored with sorted keys
     f.timings = {s: timings[s] for s in sorted(timings, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))}
     f.manifest = _load(run_dir / "documents" / "manifest.json") or []
-    f.extractions = _jsonl(run_dir / "extractions.jsonl")
+    # The extraction records as the extractor's schema defines them (components/llm/record).
+    ex = run_dir / "extractions.jsonl"
+    f.extractions = record.read(ex, strict=False) if ex.is_file() else []
     for split in SPLITS:
         p = run_dir / "dataset" / f"{split}.jsonl"
         if p.is_file():

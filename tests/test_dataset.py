@@ -11,6 +11,7 @@ from components import dataset as D
 from components.tracking import MLflowTracker, NullTracker
 from runner import pipeline
 from runner.stage import StageError
+from tests.fixtures.records import extraction_record
 
 
 def record(doc: str, i: int, qa: bool = True, spec: str | None = "TS 99.101") -> dict:
@@ -25,10 +26,10 @@ def record(doc: str, i: int, qa: bool = True, spec: str | None = "TS 99.101") ->
                     "answer": f"Within {i}0 ms.", "evidence": text, "origin": "m"}] if qa else [])}
     if i == 0:
         res["definitions"] = [{"term": f"Term of {doc}", "definition": "a thing defined here.", "origin": "rule"}]
-    return {"chunk_id": f"{doc}#{i}", "doc_id": doc, "status": "ok", "failure": None, "skip": None,
-            "spec": spec, "clause": f"5.{i}", "section_path": ["5 Procedures", f"5.{i} Sending message {i}"],
-            "rules": {"doc_title": f"Guide {doc}"},
-            "llm": {"model": "m", "dropped": {"verify_disagrees": 2}}, "result": res}, \
+    return extraction_record(f"{doc}#{i}", doc, spec=spec, clause=f"5.{i}",
+                             section_path=["5 Procedures", f"5.{i} Sending message {i}"],
+                             rules={"doc_title": f"Guide {doc}"},
+                             llm={"model": "m", "dropped": {"verify_disagrees": 2}}, result=res), \
         {"id": f"{doc}#{i}", "doc_id": doc, "text": text}
 
 
@@ -208,3 +209,12 @@ def test_no_row_is_cut_by_the_trainer_split_in_text_dropped_otherwise():
     one_sentence = {**e, "output": "word " * 80}
     splits = {"train": [one_sentence], "valid": [], "test": []}
     assert D.fit_length(splits, "text", "sys", _words, 50) == {"longer_than_max_seq_length": 1}
+
+
+def test_records_of_another_shape_fail_naming_the_file_line_and_field(tmp_path, compose):
+    run = make_run(tmp_path, {"alpha": 2})
+    with open(run / "extractions.jsonl", "a") as fh:  # the shape before the record schema
+        fh.write(json.dumps({"chunk_id": "alpha#9", "doc_id": "alpha", "status": "ok",
+                             "extraction": {}, "grounding": {}}) + "\n")
+    with pytest.raises(StageError, match=r"dataset: extractions\.jsonl line 3: chunk_sha: Field required"):
+        pipeline.run(run, compose(), NullTracker(), ["dataset"])

@@ -22,6 +22,7 @@ from components.tracking import NullTracker
 from runner import pipeline
 from runner.stage import Interrupted, Resources, StageError
 from runner.stages import extract as stage
+from tests.fixtures.records import extraction_record
 
 DATA = Path(__file__).parent / "data" / "labelled"
 
@@ -237,13 +238,15 @@ def test_a_stop_request_ends_the_bounded_loop_within_the_grace(tmp_path):
 
 
 def test_the_record_log_closes_a_cut_line_and_reuse_skips_it(tmp_path):
+    def rec(cid, key, sha, status="ok"):
+        return extraction_record(cid, "d", request_key=key, chunk_sha=sha, status=status)
+
     p = tmp_path / "log.jsonl"
-    p.write_text('{"chunk_id": "a", "request_key": "k", "chunk_sha": "1", "status": "ok"}\n{"chunk_id": "b", "sta')
+    p.write_text(json.dumps(rec("a", "k", "1")) + '\n{"chunk_id": "b", "sta')
     with RecordLog(p) as log:
-        log.append({"chunk_id": "b", "request_key": "k", "chunk_sha": "2", "status": "ok"})
-        log.append({"chunk_id": "c", "request_key": "k", "chunk_sha": "3", "status": "error",
-                    "failure": "transient"})
-        log.append({"chunk_id": "d", "request_key": "old", "chunk_sha": "4", "status": "ok"})
+        log.append(rec("b", "k", "2"))
+        log.append(rec("c", "k", "3", "error"))  # a transient failure
+        log.append(rec("d", "old", "4"))
     kept = reusable([p], "k", {"a": "1", "b": "2", "c": "3", "d": "4"})
     assert sorted(kept) == ["a", "b"]
     assert reusable([p], "k", {"a": "changed", "b": "2"}).keys() == {"b"}

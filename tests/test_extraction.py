@@ -247,3 +247,32 @@ def test_the_request_template_changes_with_any_prompt_wording(monkeypatch):
         m.setattr(X, "verify_messages", lambda text, q: [{"role": "user", "content": f"{text} / {q}"}])
         assert json.dumps(X.request_template()) != before
     assert json.dumps(X.request_template()) == before
+
+
+def test_every_record_the_extractor_writes_is_in_the_record_schema():
+    from components.llm.record import check
+
+    records = [
+        ChunkExtractor(ExtractionConfig(extractor="rules"), GLOSSARY, META, service=None)(CHUNK, "key"),
+        extractor([GOOD, {"answer": "RRC connection establishment"}, {"answer": "x"}])(CHUNK, "key"),
+        extractor([ServiceError("HTTP 400", status=400)])(CHUNK, "key"),
+        extractor([ServiceError("HTTP 503", status=503)] * 3)(CHUNK, "key"),
+    ]
+    assert [(r["status"], r["failure"]) for r in records] == [
+        ("ok", None), ("ok", None), ("error", "final"), ("error", "transient")]
+    for r in records:
+        assert check(json.loads(json.dumps(r))) == json.loads(json.dumps(r))
+
+
+def test_a_record_of_another_shape_is_named_and_a_resume_asks_its_chunk_again(tmp_path):
+    from components.llm.record import RecordError, read
+    from components.llm.record_log import read_records
+
+    good = ChunkExtractor(ExtractionConfig(extractor="rules"), GLOSSARY, META, service=None)(CHUNK, "key")
+    retired = {"chunk_id": "c9", "doc_id": "d", "status": "ok", "extraction": {}, "grounding": {}}
+    path = tmp_path / "extractions.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(retired) + "\n")
+    with pytest.raises(RecordError, match=r"extractions\.jsonl line 2: chunk_sha: Field required"):
+        read(path)
+    assert [r["chunk_id"] for r in read(path, strict=False)] == [good["chunk_id"]]
+    assert [r["chunk_id"] for r in read_records(path)] == [good["chunk_id"]]

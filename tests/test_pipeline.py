@@ -9,6 +9,7 @@ import pytest
 from components.tracking import NullTracker
 from runner import pipeline
 from runner.stage import Resources, StageContext, StageError
+from tests.fixtures.records import extraction_record
 
 
 def chunk(doc: str, i: int) -> dict:
@@ -18,18 +19,18 @@ def chunk(doc: str, i: int) -> dict:
 
 
 def extraction(doc: str, i: int) -> dict:
-    """A record as the extract stage writes it (only the fields the dataset stage reads)."""
+    """A record as the extract stage writes it."""
     acr = f"A{i}{doc[:2].upper()}"
-    return {"chunk_id": f"{doc}#{i}", "doc_id": doc, "status": "ok", "failure": None, "skip": None,
-            "spec": f"TS 99.{100 + ord(doc[0])}", "clause": f"5.{i}",
-            "section_path": ["5 Procedures", f"5.{i} Procedure {i}"],
-            "llm": {"model": "m", "dropped": {"example_copy": 1}},
-            "result": {"acronyms": [{"acronym": acr, "expansion": f"Alpha {i} {doc} expansion",
+    return extraction_record(
+        f"{doc}#{i}", doc, spec=f"TS 99.{100 + ord(doc[0])}", clause=f"5.{i}",
+        section_path=["5 Procedures", f"5.{i} Procedure {i}"],
+        llm={"model": "m", "dropped": {"example_copy": 1}},
+        result={"acronyms": [{"acronym": acr, "expansion": f"Alpha {i} {doc} expansion",
                                      "origin": "rule"}],
                        "spec_refs": [], "definitions": [], "clause_refs": [], "releases": [],
                        "entities": [], "summary": None,
                        "qa": [{"question": f"What is item {i} of {doc}?", "answer": f"Item {i} of {doc}",
-                               "evidence": f"Item {i} of {doc}", "origin": "m"}]}}
+                               "evidence": f"Item {i} of {doc}", "origin": "m"}]})
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from components.files import write_json, write_jsonl
 from runner.pipeline import ORDER
 from runner.report import Facts, collect, extraction_quality, headline
 from runner.report_html import write_report
+from tests.fixtures.records import extraction_record
 
 SECRET = "sk-report-7a6b5c4d3e"
 
@@ -23,6 +24,12 @@ def _example(q: str, a: str, kind: str, doc: str, chunk: str = "") -> dict:
     return {"messages": [{"role": "system", "content": "You are a telecom assistant."},
                          {"role": "user", "content": q}, {"role": "assistant", "content": a}],
             "meta": {"doc_id": doc, "kind": kind, "chunk_id": chunk}}
+
+
+def _record(chunk_id: str, doc_id: str, status: str = "ok", *, llm: dict | None = None,
+            skip: str | None = None, error: str | None = None) -> dict:
+    return extraction_record(chunk_id, doc_id, status=status, llm=llm, skip=skip,
+                             **({"error": error} if error else {}))
 
 
 @pytest.fixture
@@ -39,19 +46,18 @@ def full_run(tmp_path):
     write_json(d / "documents" / "manifest.json", [
         {"source": "ts-99901.md", "status": "success"},
         {"source": "broken.pdf", "status": "failed", "error": f"not a PDF (key {SECRET})"}])
-    # Records in the shape components.llm.extractor writes (test_e2e checks a real run's report).
+    # Records in the schema components.llm.extractor writes (components/llm/record; test_e2e
+    # checks the report of a real run's records).
     acr = {"acronym": "XNB", "expansion": "Example Node B"}
     qa = {"question": "What is XNB?", "answer": "Example Node B", "evidence": "XNB: Example Node B"}
     llm = {"json_valid": True, "qa_proposed": 1, "qa_grounded": 1,
            "proposed": {"acronyms": [acr], "spec_refs": ["TS 99.901", "TS 99.902"], "entities": [], "qa": [qa]},
            "acronyms": [acr], "spec_refs": [], "entities": [], "qa": [qa]}
-    ok = {"status": "ok", "llm": llm}
     write_jsonl(d / "extractions.jsonl", [
-        {"chunk_id": "a-1", "doc_id": "doc-a", **ok}, {"chunk_id": "a-2", "doc_id": "doc-a", **ok},
-        {"chunk_id": "b-1", "doc_id": "doc-b", "status": "failed", "error": "not JSON",
-         "llm": {**llm, "json_valid": False}},
-        {"chunk_id": "b-2", "doc_id": "doc-b", "status": "failed", "error": "ReadTimeout", "llm": {"json_valid": False}},
-        {"chunk_id": "c-1", "doc_id": "doc-c", "status": "ok", "skip": "glossary", "llm": None}])
+        _record("a-1", "doc-a", llm=llm), _record("a-2", "doc-a", llm=llm),
+        _record("b-1", "doc-b", "invalid", llm={**llm, "json_valid": False}, error="not JSON"),
+        _record("b-2", "doc-b", "error", llm={"json_valid": False}, error="ReadTimeout"),
+        _record("c-1", "doc-c", skip="glossary")])
     write_jsonl(d / "dataset" / "train.jsonl", [_example("What is XNB?", "Example Node B", "qa", "doc-a", "a-1"),
                                                 _example("XNB?", "XNB stands for Example Node B.", "acronym", "doc-a")])
     write_jsonl(d / "dataset" / "valid.jsonl", [_example("v?", "v", "acronym", "doc-c")])
@@ -144,7 +150,7 @@ def test_headline_says_what_matters(full_run):
 def test_an_earlier_eval_format_and_a_cut_line_still_report(tmp_path):
     write_json(tmp_path / "eval.json", {"predictions": [{"question": "q", "gold": "g", "prediction": "p"}]})
     (tmp_path / "extractions.jsonl").write_text(
-        '{"chunk_id": "x", "doc_id": "d", "status": "ok", "llm": {"json_valid": true}}\n{"chunk_')
+        json.dumps(_record("x", "d", llm={"json_valid": True})) + '\n{"chunk_')
     write_report(tmp_path, {"eval/val_loss_before": 2.0, "eval/val_loss_after": 1.5}, {})
     md = (tmp_path / "report.md").read_text()
     assert "| q | g | p |" in md

@@ -19,6 +19,7 @@ from components.llm import grounding as G
 from components.llm import rules
 from components.llm.errors import ServiceFailure
 from components.llm.extraction import ExtractionConfig
+from components.llm.record import ExtractionRecord, Result
 from components.training.evaluation import token_f1
 
 RULE = "rule"
@@ -49,7 +50,7 @@ class ChunkExtractor:
 
     # ------------------------------------------------------------ the record
 
-    def base(self, chunk: dict, request_key: str) -> dict:
+    def base(self, chunk: dict, request_key: str) -> ExtractionRecord:
         g = self.glossaries.get(chunk["doc_id"], self._empty)
         found = rules.extract(chunk, g, self.metas.get(chunk["doc_id"]))
         skip = rules.skip_reason(chunk, self.cfg.min_words, self.cfg.min_alpha_ratio)
@@ -62,7 +63,7 @@ class ChunkExtractor:
     def needs_llm(self, rec: dict) -> bool:
         return self.cfg.extractor != "rules" and rec["skip"] is None
 
-    def __call__(self, chunk: dict, request_key: str) -> dict:
+    def __call__(self, chunk: dict, request_key: str) -> ExtractionRecord:
         self._local.route = {"complexity": chunk.get("complexity"), "chunk_id": chunk["id"]}
         rec = self.base(chunk, request_key)
         if self.needs_llm(rec):
@@ -227,7 +228,7 @@ def _supported_by(text: str, chunk: str) -> bool:
     return bool(words) and sum(w in have for w in words) / len(words) >= 0.6
 
 
-def merge(rec: dict, extractor: str) -> dict:
+def merge(rec: ExtractionRecord, extractor: str) -> Result:
     """What the record contributes downstream, each item with its origin."""
     r, llm = rec["rules"], rec.get("llm") or {}
     use_rules, use_llm = extractor in ("rules", "hybrid"), extractor in ("llm", "hybrid") and "qa" in llm
@@ -259,7 +260,7 @@ def _pairs(items: list[dict]) -> set[tuple[str, str]]:
     return {(a["acronym"], " ".join(G.tokens(a["expansion"]))) for a in items}
 
 
-def quality(records: list[dict], glossaries: dict[str, rules.Glossary], texts: dict[str, str]) -> dict[str, float]:
+def quality(records: list[ExtractionRecord], glossaries: dict[str, rules.Glossary], texts: dict[str, str]) -> dict[str, float]:
     """``extract/*`` metrics over a run's records (see the extraction issue's list)."""
     m: Counter = Counter()
     for rec in records:

@@ -19,19 +19,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from components.llm import record
+
 
 def read_records(path: Path) -> Iterator[dict]:
-    """The records of a log, skipping lines a crash cut short."""
+    """The records of a log, skipping lines a crash cut short and records of another shape (an
+    older version's: their chunks are asked again)."""
     if not path.is_file():
         return
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                yield record.check(json.loads(line))
+            except (json.JSONDecodeError, record.RecordError):
                 continue
-            if isinstance(rec, dict) and "chunk_id" in rec:
-                yield rec
 
 
 def reusable(paths: Iterable[Path], request_key: str, shas: dict[str, str]) -> dict[str, dict]:

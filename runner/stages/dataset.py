@@ -14,6 +14,7 @@ from collections import Counter
 from components import dataset as D
 from components import knowledge as K
 from components.files import build_dir, read_jsonl, write_jsonl, write_text
+from components.llm import record
 from runner.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,10 @@ def _tokenizer(ctx: StageContext):
 def run(ctx: StageContext) -> dict[str, float]:
     cfg = ctx.component("dataset")
     unseen_fraction = float(ctx.cfg.evaluate.unseen_fraction)
-    records = read_jsonl(ctx.path("extractions.jsonl"))
+    try:
+        records = record.read(ctx.path("extractions.jsonl"))
+    except record.RecordError as exc:
+        raise StageError(f"dataset: {exc}") from None
     chunks = {c["id"]: c for c in read_jsonl(ctx.path("chunks.jsonl"))}
     facts = K.facts_from_records(records, cfg.min_answer_chars)
     documents = D.document_examples(records, chunks, cfg)
