@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,16 +351,37 @@ def records(run_dir: Path) -> dict[str, dict]:
     return {r["chunk_id"]: strip(r) for r in map(json.loads, (run_dir / "extractions.jsonl").open())}
 
 
-def extract_args(run_dir: Path, cache: Path, corpus: Path, url: str, *extra: str) -> list[str]:
-    return [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", f"corpus.path={corpus}",
-            "stages=[convert,process,extract]", "service=lmstudio", f"service.base_url={url}/v1",
-            "extraction.max_chunks=12", "extraction.concurrency=2", *extra]
+@pytest.fixture(scope="module")
+def chunked(cluster, tmp_path_factory) -> Path:
+    """The sample corpus converted and chunked once (locally) for every extract test on the
+    cluster: what they check is the extract stage, which each runs alone on a copy."""
+    from components.documents.sample_corpus import write_sample_corpus
+
+    root = tmp_path_factory.mktemp("chunked")
+    corpus = write_sample_corpus(root / "sample")
+    env = dict(cluster[1], MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    out = runner([f"hydra.run.dir={root / 'run'}", f"cache_dir={root / 'cache'}", f"corpus.path={corpus}",
+                  "stages=[convert,process]"], env)
+    assert out.returncode == 0, out.log[-3000:]
+    return root / "run"
+
+
+def extraction_dir(chunked: Path, run_dir: Path) -> Path:
+    """A run directory holding what the extract stage reads (documents/, chunks.jsonl)."""
+    run_dir.mkdir(parents=True)
+    shutil.copytree(chunked / "documents", run_dir / "documents")
+    shutil.copy(chunked / "chunks.jsonl", run_dir / "chunks.jsonl")
+    return run_dir
+
+
+def extract_args(run_dir: Path, cache: Path, url: str, *extra: str) -> list[str]:
+    return [f"hydra.run.dir={run_dir}", f"cache_dir={cache}", "stages=[extract]", "service=lmstudio",
+            f"service.base_url={url}/v1", "extraction.max_chunks=12", "extraction.concurrency=2", *extra]
 
 
 @pytest.mark.slow
 @needs_ray
-def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(on_cluster, tmp_path):
-    from components.documents.sample_corpus import write_sample_corpus
+def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(on_cluster, chunked, tmp_path):
     from tests.llm_fakes import FakeLMStudio
 
     class Timed(FakeLMStudio):  # when each chat request ran, for the bound on requests at once
@@ -373,14 +395,13 @@ def test_extract_on_ray_writes_the_same_records_as_local_with_requests_bounded(o
             return out
 
     address, env = on_cluster
-    corpus = write_sample_corpus(tmp_path / "sample")
     server = Timed(script=[("slow", 0.3)] * 10_000)
     try:
         runs = {}
         for name, extra in [("local", []), ("ray", ["executor=ray", f"executor.address={address}"])]:
             Timed.spans = []
-            run_dir = tmp_path / name
-            out = runner(extract_args(run_dir, tmp_path / f"cache-{name}", corpus, server.url, *extra), env)
+            run_dir = extraction_dir(chunked, tmp_path / name)
+            out = runner(extract_args(run_dir, tmp_path / f"cache-{name}", server.url, *extra), env)
             assert out.returncode == 0 and "Traceback" not in out.log, out.log[-3000:]
             runs[name] = run_dir
             peak = max(sum(a <= t < b for a, b in Timed.spans) for t, _ in Timed.spans)
@@ -410,15 +431,14 @@ def asked(partial: Path) -> int:
 
 @pytest.mark.slow
 @needs_ray
-def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_chunk_once(on_cluster, tmp_path):
-    from components.documents.sample_corpus import write_sample_corpus
+def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_chunk_once(on_cluster, chunked,
+                                                                                         tmp_path):
     from tests.llm_fakes import FakeLMStudio
 
     address, env = on_cluster
-    corpus = write_sample_corpus(tmp_path / "sample")
     server = FakeLMStudio(script=[("slow", 1.0)] * 10_000)
-    run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "runner", *extract_args(run_dir, tmp_path / "cache", corpus, server.url,
+    run_dir = extraction_dir(chunked, tmp_path / "run")
+    args = [sys.executable, "-m", "runner", *extract_args(run_dir, tmp_path / "cache", server.url,
                                                             "executor=ray", f"executor.address={address}")]
     try:
         p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -446,15 +466,11 @@ def test_a_signal_during_extract_on_ray_stops_quickly_and_the_rerun_keeps_each_c
 
 @pytest.mark.slow
 @needs_ray
-def test_extract_on_ray_with_the_real_embedded_server_started_on_the_node(on_cluster, tmp_path):
-    from components.documents.sample_corpus import write_sample_corpus
-
+def test_extract_on_ray_with_the_real_embedded_server_started_on_the_node(on_cluster, chunked, tmp_path):
     address, env = on_cluster
-    corpus = write_sample_corpus(tmp_path / "sample")
-    run_dir = tmp_path / "run"
-    out = runner([f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", f"corpus.path={corpus}",
-                  "stages=[convert,process,extract]", "extraction.max_chunks=6", "executor=ray",
-                  f"executor.address={address}"], env)
+    run_dir = extraction_dir(chunked, tmp_path / "run")
+    out = runner([f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", "stages=[extract]",
+                  "extraction.max_chunks=6", "executor=ray", f"executor.address={address}"], env)
     assert out.returncode == 0 and "Traceback" not in out.log, out.log[-3000:]
     assert "extract: node " in out.log and "service embedded" in out.log
     recs = records(run_dir)
