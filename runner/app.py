@@ -140,7 +140,7 @@ def _check_early(components: dict, stages: list[str]) -> None:
     try:
         if {"finetune", "evaluate"} & set(stages):
             components["model"].check()
-        if "extract" in stages and components["service"].on_unavailable == "fail":
+        if "extract" in stages and components["service"].chain_config.on_unavailable == "fail":
             components["service"].start()  # service.on_unavailable=fail: fail now, not after convert
             components["service"].close()
     except (ModelUnavailable, ServiceUnavailable) as exc:

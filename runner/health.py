@@ -45,12 +45,13 @@ def rows(cfg: DictConfig) -> list[dict]:
     svc = build(cfg.service, "service")
     try:
         out.append(H.service(svc, needed=needs_llm))
-        if svc.fallback is not None and svc.on_unavailable == "fallback":
-            out.append(H.service(svc.fallback, needed=False, role="fallback"))
+        fallback = svc.chain_config.fallback
+        if fallback is not None and svc.chain_config.on_unavailable == "fallback":
+            out.append(H.service(fallback, needed=False, role="fallback"))
     finally:
         svc.close()
-        if svc.fallback is not None:
-            svc.fallback.close()
+        if svc.chain_config.fallback is not None:
+            svc.chain_config.fallback.close()
     out.append(H.mlx(needed=bool({"finetune", "evaluate"} & stages)))
     out.append(H.docling(list(cfg.docling.formats), cfg.docling.artifacts_path, needed="convert" in stages))
     out.append(H.rust(str(cfg.process.engine), needed="process" in stages))

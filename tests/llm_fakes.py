@@ -215,8 +215,7 @@ class Scripted:
         self.start_error = start_error
         self.calls: list[tuple[str, int]] = []
         self.started = self.closed = 0
-        self.routing = self.cache = self.privacy = self.alerts = self.audit = None
-        self.on_unavailable = "fallback"
+        self.privacy = None
         self.missing_models: dict = {}
 
     def start(self):

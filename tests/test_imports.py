@@ -86,3 +86,13 @@ def test_the_cycle_finder_finds_one():
 def test_the_graph_sees_function_level_imports():
     g = graph()
     assert "components.llm.resilience" in g["runner.stages.extract"]
+
+
+def test_the_wire_adapters_know_nothing_of_the_chain():
+    """services.py (the HTTP clients) imports no part of the chain around them; the chain gets
+    its settings from the group's ChainConfig, passed to it explicitly."""
+    g = graph()
+    chain = {f"components.llm.{m}" for m in
+             ("resilience", "middleware", "breaker", "telemetry", "cache", "audit", "alerts", "routing")}
+    assert not g["components.llm.services"] & chain, g["components.llm.services"] & chain
+    assert "getattr(primary" not in (REPO / "components" / "llm" / "resilience.py").read_text()

@@ -106,9 +106,8 @@ def test_unreachable_primary_without_fallback_raises():
 
 def test_on_unavailable_fail_does_not_fall_back():
     p = Scripted(start_error=ServiceUnavailable("ollama: cannot reach it"))
-    p.on_unavailable = "fail"
     fb = Scripted(name="embedded")
-    svc = ResilientService(p, fallback=fb, **fast())
+    svc = ResilientService(p, fallback=fb, on_unavailable="fail", **fast())
     with pytest.raises(ServiceUnavailable, match="on_unavailable=fail") as e:
         svc.start()
     assert e.value.failure == "final" and fb.started == 0
@@ -179,9 +178,10 @@ def test_open_breakers_without_fallback_fail_fast():
 
 def routed(fail=None, fallback=True, **kw):
     p = Scripted(name="ollama", model="qwen3:1.7b", fail=fail)
-    p.routing = Routing(complex_model="gemma3:4b", complex_above=0.6, fallback_model="llama3.2:1b")
+    routing = Routing(complex_model="gemma3:4b", complex_above=0.6, fallback_model="llama3.2:1b")
     fb = Scripted(name="embedded", model="smol") if fallback else None
-    return p, fb, ResilientService(p, fb, breaker=CircuitBreaker(failures=2, reset_s=60), **fast(**kw))
+    return p, fb, ResilientService(p, fb, routing=routing, breaker=CircuitBreaker(failures=2, reset_s=60),
+                                   **fast(**kw))
 
 
 def test_routing_by_complexity_and_model_fallback_per_model_breakers():
@@ -229,8 +229,8 @@ def test_truncated_answer_is_asked_once_more_with_more_room():
 
 def test_response_cache_serves_a_repeat_without_a_request(tmp_path):
     p = Scripted()
-    p.cache = ResponseCache(dir=str(tmp_path), ttl_s=3600)
-    svc = ResilientService(p, **fast())
+    cache = ResponseCache(dir=str(tmp_path), ttl_s=3600)
+    svc = ResilientService(p, cache=cache, **fast())
     msgs = [{"role": "user", "content": "chunk 1"}]
     a = svc.chat_json(msgs, {"type": "object"}, 8)
     b = svc.chat_json(msgs, {"type": "object"}, 8)
@@ -242,13 +242,12 @@ def test_response_cache_serves_a_repeat_without_a_request(tmp_path):
     assert m["service/cache_hits"] == 1 and m["service/cache_hit_rate"] == 0.25
     # Expired entries are asked again.
     key = ResponseCache.key("primary", "m", msgs, {"type": "object"}, p.options(8, 0.0))
-    assert p.cache.get(key) is not None and p.cache.get(key, now=time.time() + 7200) is None
+    assert cache.get(key) is not None and cache.get(key, now=time.time() + 7200) is None
 
 
 def test_error_rate_alert_and_fail_on_stop_the_run():
     p = Scripted(fail=lambda n, model: ServiceError("HTTP 400", status=400) if n % 2 else None)
-    p.alerts = Alerts(error_rate=0.2, min_requests=4, fail_on=["error_rate"])
-    svc = ResilientService(p, **fast())
+    svc = ResilientService(p, alerts=Alerts(error_rate=0.2, min_requests=4, fail_on=["error_rate"]), **fast())
     for _ in range(4):
         try:
             svc.chat_json([], {}, 8)
@@ -262,8 +261,8 @@ def test_error_rate_alert_and_fail_on_stop_the_run():
 
 def test_resource_alerts_fire_at_start(tmp_path):
     p = Scripted()
-    p.alerts = Alerts(memory_percent=0.1, disk_free_gb=10**9, fail_on=["disk"])
-    svc = ResilientService(p, **fast()).bind(tmp_path)
+    svc = ResilientService(p, alerts=Alerts(memory_percent=0.1, disk_free_gb=10**9, fail_on=["disk"]),
+                           **fast()).bind(tmp_path)
     with pytest.raises(AlertStop, match="GB free"):
         svc.start()
     assert {"memory", "disk"} <= set(svc.alerts)
@@ -299,9 +298,8 @@ def test_middleware_wraps_each_request_and_the_audit_sees_each_attempt(tmp_path)
 
     p = Scripted(fail=failing(2))
     p.base_url = "https://gw.example/v1"  # remote: scrubbed
-    p.privacy, p.audit = Privacy(local_only=False), Audit()
-    p.alerts = Alerts(error_rate=0.0, min_requests=1)
-    svc = ResilientService(p, **fast()).bind(tmp_path)
+    svc = ResilientService(p, privacy=Privacy(local_only=False), audit=Audit(),
+                           alerts=Alerts(error_rate=0.0, min_requests=1), **fast()).bind(tmp_path)
     svc.start()
     reply = svc.chat_json([{"role": "user", "content": "mail a@b.org"}], {}, 8, chunk_id="c1")
     svc.close()
@@ -312,8 +310,7 @@ def test_middleware_wraps_each_request_and_the_audit_sees_each_attempt(tmp_path)
     assert "error_rate" not in svc.alerts  # the request succeeded: 0 errors of 1
 
     p2 = Scripted(fail=always(lambda: ServiceError("HTTP 400", status=400)))
-    p2.alerts = Alerts(error_rate=0.5, min_requests=1)
-    svc2 = ResilientService(p2, **fast())
+    svc2 = ResilientService(p2, alerts=Alerts(error_rate=0.5, min_requests=1), **fast())
     with pytest.raises(ServiceError):
         svc2.chat_json([], {}, 8)
     assert "error_rate" in svc2.alerts and svc2.tags()["alert.error_rate"].startswith("primary/m: 1/1")

@@ -44,9 +44,9 @@ class Resilience(Settings):
     breaker_reset_s: float = Field(30.0, ge=0)    # open this long, then one half-open probe
     length_retry_max_tokens: int = Field(2048, ge=0)  # a cut answer is asked again with up to this
 
-    def wrap(self, primary: Any, fallback: Any = None) -> "ResilientService":
+    def wrap(self, primary: Any, fallback: Any = None, **around: Any) -> "ResilientService":
         return ResilientService(
-            primary, fallback, retries=self.retries, backoff_initial_s=self.backoff_initial_s,
+            primary, fallback, **around, retries=self.retries, backoff_initial_s=self.backoff_initial_s,
             backoff_max_s=self.backoff_max_s, retry_after_max_s=self.retry_after_max_s,
             breaker=CircuitBreaker(self.breaker_failures, self.breaker_reset_s),
             length_retry_max_tokens=self.length_retry_max_tokens)
@@ -54,9 +54,12 @@ class Resilience(Settings):
 
 def chain(service: Any) -> "ResilientService":
     """A ``service`` group's client behind the routing, retries, per-model breakers, cache and
-    fallback its config composes."""
-    fallback = None if service.on_unavailable == "fail" else service.fallback
-    return (service.resilience or Resilience()).wrap(service, fallback)
+    fallback its config composes (``service.chain_config``)."""
+    c = service.chain_config
+    fallback = None if c.on_unavailable == "fail" else c.fallback
+    return (c.resilience or Resilience()).wrap(
+        service, fallback, routing=c.routing, cache=c.cache, privacy=getattr(service, "privacy", None),
+        audit=c.audit, alerts=c.alerts, on_unavailable=c.on_unavailable)
 
 
 class ResilientService:
@@ -66,7 +69,9 @@ class ResilientService:
     tried in the routing order, then the ``fallback`` service, built from config but started only
     when first needed."""
 
-    def __init__(self, primary: Any, fallback: Any = None, retries: int = 3,
+    def __init__(self, primary: Any, fallback: Any = None, *, routing: Any = None, cache: Any = None,
+                 privacy: Any = None, audit: Any = None, alerts: Any = None,
+                 on_unavailable: str = "fallback", retries: int = 3,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
                  breaker: CircuitBreaker | None = None, retry_after_max_s: float = 60.0,
                  length_retry_max_tokens: int = 2048, clock: Callable[[], float] | None = None) -> None:
@@ -79,12 +84,12 @@ class ResilientService:
         self.length_retry_max_tokens = length_retry_max_tokens
         proto = breaker or CircuitBreaker()
         self._clock = clock or proto.clock
-        self.routing = getattr(primary, "routing", None)
-        self.cache = getattr(primary, "cache", None)
-        self.on_unavailable = getattr(primary, "on_unavailable", "fallback")
-        self.scrubbing = Scrubbing(getattr(primary, "privacy", None))
-        self.audit = AuditTrail(getattr(primary, "audit", None))
-        self.alarms = Alarms(getattr(primary, "alerts", None), getattr(self.cache, "dir", None))
+        self.routing = routing
+        self.cache = cache
+        self.on_unavailable = on_unavailable
+        self.scrubbing = Scrubbing(privacy)
+        self.audit = AuditTrail(audit)
+        self.alarms = Alarms(alerts, getattr(cache, "dir", None))
         self._lock = threading.Lock()
         self._fallback_lock = threading.Lock()
         self.fallback_started = False

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from components.llm import credentials
+from components.llm.chain_config import ChainConfig
 from components.llm.errors import (CircuitOpen, EndpointRefused, InvalidResponse, ModelMissing,  # noqa: F401
                                    ServiceError, ServiceFailure, ServiceUnavailable)
 from components.llm.privacy import Privacy, is_loopback
@@ -62,8 +63,10 @@ def has_model(name: str, available: set[str]) -> bool:
 
 
 class ChatService:
-    """What the ``service`` group builds: one server's client, plus what config composes around
-    it (fallback, resilience, routing, cache, privacy, audit, alerts) for ``chain()``."""
+    """What the ``service`` group builds: one server's client. What the group composes around it
+    (fallback, resilience, routing, cache, audit, alerts) is kept untouched in ``chain_config``
+    for ``resilience.chain``; ``privacy`` is the client's own (TLS, which endpoints it may reach)
+    and the chain's scrubbing reads it too."""
 
     server = "openai-compatible"
     model: str
@@ -76,8 +79,7 @@ class ChatService:
                  cache: Any = None, on_unavailable: str = "fallback", privacy: Privacy | None = None,
                  audit: Any = None, alerts: Any = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        if on_unavailable not in ("fallback", "fail"):
-            raise ValueError(f"on_unavailable must be 'fallback' or 'fail' (got {on_unavailable!r})")
+        self.chain_config = ChainConfig(fallback, resilience, routing, cache, on_unavailable, audit, alerts)
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.name = name
@@ -93,13 +95,8 @@ class ChatService:
         self.connect_timeout_s = connect_timeout_s
         self.max_concurrency = max_concurrency
         self.context_tokens = context_tokens
-        self.fallback = fallback
-        self.resilience = resilience
-        self.routing = routing
-        self.cache = cache
-        self.on_unavailable = on_unavailable
-        self.audit = audit
-        self.alerts = alerts
+        # The models this server will be asked for (the routed ones too): what start() checks.
+        self.models = routing.models(model) if routing else [model]
         self.missing_models: dict[str, str] = {}  # model -> the step that gets it
         self._transport = transport
         self._client: httpx.Client | None = None
@@ -109,7 +106,7 @@ class ChatService:
         self._slots = threading.BoundedSemaphore(max_concurrency)
 
     def models_needed(self) -> list[str]:
-        return self.routing.models(self.model) if self.routing else [self.model]
+        return list(self.models)
 
     @property
     def remote(self) -> bool:
