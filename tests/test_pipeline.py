@@ -34,7 +34,14 @@ def extraction(doc: str, i: int) -> dict:
 
 
 @pytest.fixture
-def ctx(tmp_path, compose):
+def ctx(tmp_path, compose, session_cache):
+    from runner.config import build
+
+    # The stage cache is this test's own; the base model, converted from its GGUF once for the
+    # test run, is shared (the dataset stage reads its tokenizer).
+    build(compose().model, "model").local_dir(session_cache)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(session_cache / "models", target_is_directory=True)
     cfg = compose("lora.batch_size=2", f"cache_dir={tmp_path / 'cache'}")
     run = tmp_path / "run"
     run.mkdir()
