@@ -314,3 +314,29 @@ def test_middleware_wraps_each_request_and_the_audit_sees_each_attempt(tmp_path)
     with pytest.raises(ServiceError):
         svc2.chat_json([], {}, 8)
     assert "error_rate" in svc2.alerts and svc2.tags()["alert.error_rate"].startswith("primary/m: 1/1")
+
+
+def test_after_an_abort_nothing_more_leaves_the_chain():
+    """A stop cuts the connections; a retry or a second ask of a cut answer that comes after it
+    must not open a new one (the server, on its way down, would wait for it), nor start the
+    fallback. The failure is transient: the next run asks again."""
+    from components.llm.errors import Aborted
+
+    p = Scripted()
+    fb = Scripted(name="embedded")
+    svc = ResilientService(p, fb, **fast())
+    svc.start()
+    calls_before_abort = []
+
+    def abort_then_fail(n, model):
+        calls_before_abort.append(n)
+        svc.abort_requests()
+        return ServiceError("HTTP 503", status=503)
+
+    p.fail = abort_then_fail
+    with pytest.raises(Aborted) as e:
+        svc.chat_json([], {}, 8)
+    assert e.value.transient and calls_before_abort == [1] and len(p.calls) == 1
+    assert fb.started == 0 and fb.calls == []
+    # The first attempt failed and the abort came during it: the retry is not sent.
+    assert svc.metrics()["service/errors"] == 0 and svc.breaker.state == "closed"

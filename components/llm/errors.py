@@ -42,6 +42,11 @@ class CircuitOpen(ServiceUnavailable):
     """Every target's breaker is open: recent requests failed, so none is sent now."""
 
 
+class Aborted(ServiceUnavailable):
+    """The run is stopping: no request leaves the chain any more, not even a retry (transient:
+    the next run asks again)."""
+
+
 class ServiceError(ServiceFailure):
     """The server answered with an error. 429 and 5xx are transient; other statuses are final."""
 

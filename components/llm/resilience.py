@@ -24,7 +24,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from components.llm.alerts import Alert
 from components.llm.breaker import CircuitBreaker
-from components.llm.errors import CircuitOpen, ServiceFailure, ServiceUnavailable
+from components.llm.errors import Aborted, CircuitOpen, ServiceFailure, ServiceUnavailable
 from components.llm.middleware import Alarms, AuditTrail, Call, Scrubbing
 from components.llm.reply import Reply, schema_token_budget
 from components.llm.telemetry import Target, target_metrics
@@ -92,6 +92,7 @@ class ResilientService:
         self.alarms = Alarms(alerts, getattr(cache, "dir", None))
         self._lock = threading.Lock()
         self._fallback_lock = threading.Lock()
+        self._aborted = threading.Event()
         self.fallback_started = False
         self.fallback_reason: str | None = None
         self.requests_retried = 0
@@ -232,8 +233,8 @@ class ResilientService:
                                          f"circuit open for {', '.join(skipped)}")
                 reply = self._call(t, messages, schema, max_tokens, temperature, chunk_id)
             except ServiceFailure as exc:
-                if not isinstance(exc, ServiceUnavailable) and not exc.transient:
-                    raise  # the request itself is wrong (4xx, invalid answer): no one else helps
+                if isinstance(exc, Aborted) or (not isinstance(exc, ServiceUnavailable) and not exc.transient):
+                    raise  # stopping, or the request itself is wrong (4xx, invalid answer): no one else helps
                 last_exc = exc
                 continue
             except BaseException:
@@ -299,6 +300,8 @@ class ResilientService:
                 again.thinking_stripped += reply.thinking_stripped
                 again.retries += reply.retries
                 reply, length_retried = again, True
+        except Aborted:
+            raise  # says nothing about the target
         except ServiceFailure as exc:
             with self._lock:
                 t.stats.errors += 1
@@ -326,7 +329,8 @@ class ResilientService:
         t = call.target
         n = 0
         for attempt in Retrying(stop=stop_after_attempt(self.retries), wait=self._wait,
-                                retry=retry_if_exception(lambda e: isinstance(e, ServiceFailure) and e.transient),
+                                retry=retry_if_exception(lambda e: isinstance(e, ServiceFailure) and e.transient
+                                                         and not isinstance(e, Aborted)),
                                 reraise=True):
             with attempt:
                 n += 1
@@ -337,8 +341,11 @@ class ResilientService:
                 reply = self.audit(replace(call, attempt=n), self._wire)
         return reply
 
-    @staticmethod
-    def _wire(call: Call) -> Reply:
+    def _wire(self, call: Call) -> Reply:
+        # A stop cut the connections (abort_requests): no attempt after it may open a new one,
+        # or the server, on its way down, waits for that request's generation.
+        if self._aborted.is_set():
+            raise Aborted("the run is stopping; not sent")
         t = call.target
         reply = t.service.chat_json(call.messages, call.schema, call.max_tokens, call.temperature, model=t.model)
         reply.retries = call.attempt - 1
@@ -425,13 +432,15 @@ class ResilientService:
 
     def abort_requests(self) -> int:
         """Shut down this process's open connections to the serving endpoint, so the server sees
-        its clients gone and cancels their generations. Without it, an abandoned request keeps
+        its clients gone and cancels their generations, and send nothing more (no retry, no
+        second ask of a cut answer: ``Aborted``). Without it, an abandoned request keeps
         llama.cpp (whose destructor waits for it, holding the GIL) busy until its timeout."""
         import socket
         from urllib.parse import urlparse
 
         import psutil
 
+        self._aborted.set()
         url = getattr(self.used, "base_url", None)
         port = urlparse(url).port if url else None
         if not port:

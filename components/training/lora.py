@@ -2,9 +2,11 @@
 
 Kept to what mlx-lm does not already do: choosing the fast BLAS before mlx loads, tokenising our
 split files ahead of the loop, fitting batch and rank to the memory available
-(``preflight``), step-aligned reports to the tracker, checkpoints that a rerun resumes from with
-the optimizer's step count, a stop on request between steps, and an adapter directory that
-records what made it (``provenance``) and is published atomically.
+(``preflight``), and an adapter directory that records what made it (``provenance``) and is
+published atomically. Around mlx-lm's steps (``loop.TrainingLoop``): step-aligned reports,
+validation that picks the weights kept (``selection``), checkpoints a rerun resumes from with the
+optimizer's step count (``checkpoint``), and a stop on request between steps. The loss is
+``objective``'s.
 """
 from __future__ import annotations
 
@@ -239,10 +241,11 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     import mlx.optimizers as optim
     import numpy as np
     from mlx.utils import tree_flatten
-    from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.trainer import TrainingArgs, evaluate
+    from mlx_lm.tuner.trainer import TrainingArgs
     from mlx_lm.tuner.trainer import train as mlx_train
     from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from components.training.loop import TrainingLoop  # imports mlx_lm: after import_mlx()
 
     cancel = cancel or threading.Event()
     model, tokenizer = load(model_dir, lazy=True)
@@ -316,79 +319,18 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         log.info("finetune: ignoring %s (another config or incomplete); starting from step 0", ckpt.root)
         ckpt.remove()
 
-    last: dict[str, float] = {}
-    state = {"saved": start, "last_val": None, "stopped": None, "early": None}
-
-    val_by_step: dict[int, float] = {}
-
-    def log_at(metrics: dict, step: int) -> None:
-        last.update(metrics)
-        log_metrics({k: float(v) for k, v in metrics.items()}, step)
-
     # The same shortest examples at every validation, so the losses compare.
     val_rows = sorted(range(len(valid_set)), key=valid_set.itemlen)
     if lora.val_batches > 0:
         val_rows = val_rows[: lora.val_batches * plan.batch_size]
     val_subset = _Subset(valid_set, val_rows)
-
-    tight_batches = objective.batches_for(model)
-
-    def validate(step: int) -> None:
-        val = evaluate(model=model, dataset=val_subset, batch_size=min(plan.batch_size, len(val_subset)),
-                       num_batches=-1, max_seq_length=lora.max_seq_length, loss=objective.loss,
-                       iterate_batches=tight_batches)
-        val_by_step[step] = float(val)
-        model.eval()
-        found = selection.measure(model, step, val)
-        model.train()
-        state["last_val"] = step
-        log_at({"finetune/val_loss": val, **found}, step)
-
-    class Reporter(TrainingCallback):
-        def on_train_loss_report(self, info: dict) -> None:
-            step = start + int(info["iteration"])
-            log_at({"finetune/train_loss": info["train_loss"],
-                    "finetune/learning_rate": info["learning_rate"],
-                    "finetune/iterations_per_second": info["iterations_per_second"],
-                    "finetune/tokens_per_second": info["tokens_per_second"],
-                    "finetune/trained_tokens": info["trained_tokens"],
-                    "finetune/peak_memory_gb": info["peak_memory"]}, step)
-            # Validation on report steps, so both curves share their steps.
-            lv = state["last_val"]
-            if step == iters or lv is None or step - lv >= every:
-                validate(step)
-                if selection.stop and step < iters:
-                    state["early"] = step
-
-    def batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-        inner = tight_batches(dataset, batch_size, max_seq_length, loop=loop,
-                              seed=lora.seed if loop else seed, comm_group=comm_group)
-        if not loop:  # validation
-            yield from inner
-            return
-        # The same batch order as an uninterrupted run: skip those already trained on.
-        for done, b in enumerate(inner):
-            if done < start:
-                continue
-            # Asked for the next batch: step ``done`` is trained and evaluated.
-            if done > start and done % accum == 0 and done - state["saved"] >= lora.steps_per_save:
-                ckpt.save(done, model, optimizer, run_key, selection)
-                state["saved"] = done
-            if state["early"] is not None:
-                return
-            if cancel.is_set():
-                if done > state["saved"] and done % accum == 0:
-                    ckpt.save(done, model, optimizer, run_key, selection)
-                    state["saved"] = done
-                state["stopped"] = done
-                return
-            yield b
-
+    loop = TrainingLoop(model=model, optimizer=optimizer, ckpt=ckpt, run_key=run_key, selection=selection,
+                        val_subset=val_subset, val_batch=min(plan.batch_size, len(val_subset)),
+                        max_seq_length=lora.max_seq_length, iters=iters, start=start, validate_every=every,
+                        accum=accum, steps_per_save=lora.steps_per_save, seed=lora.seed,
+                        log_metrics=log_metrics, cancel=cancel)
     if start == 0:
-        state["last_val"] = 0
-        validate(0)  # the base model's validation loss, the curve's origin
-    else:
-        state["last_val"] = start
+        loop.validate(0)  # the base model's validation loss, the curve's origin
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     with build_dir(out_dir) as tmp:
@@ -400,10 +342,10 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         if iters - start > 0:
             np.random.seed(lora.seed)
             mlx_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
-                      args=args, loss=objective.loss, iterate_batches=batches, training_callback=Reporter())
-        if state["stopped"] is not None:
+                      args=args, loss=objective.loss, iterate_batches=loop.batches, training_callback=loop)
+        if loop.stopped is not None:
             saved = ckpt.root if ckpt.load_info(run_key) else None
-            raise TrainingStopped(state["saved"] if saved else 0, saved)
+            raise TrainingStopped(loop.saved if saved else 0, saved)
         seconds = time.perf_counter() - t0
         peak = mx.get_peak_memory() / preflight.GB
         kept = selection.restore(model) if lora.select_best else None
@@ -416,13 +358,13 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
             "dtype": lora.dtype, "trainable_params": trainable, "seconds": round(seconds, 2),
             "estimate_gb": est_gb, "peak_memory_gb": round(peak, 3),
             "available_gb": round(available / preflight.GB, 2), "preflight_changes": list(plan.changes),
-            "final": {k: round(v, 6) for k, v in last.items()},
-            "kept_step": kept if kept is not None else state["early"] or iters,
-            "stopped_early_at": state["early"],
+            "final": {k: round(v, 6) for k, v in loop.last.items()},
+            "kept_step": kept if kept is not None else loop.early or iters,
+            "stopped_early_at": loop.early,
             "selection": "validation probes" if selection.uses_probes else "validation loss",
             "best_score": round(selection.best[0], 6) if selection.best else None,
-            "val_loss_base": val_by_step.get(0),
-            "val_loss_kept": val_by_step.get(kept if kept is not None else max(val_by_step, default=-1)),
+            "val_loss_base": loop.val_by_step.get(0),
+            "val_loss_kept": loop.val_by_step.get(kept if kept is not None else max(loop.val_by_step, default=-1)),
         }
         # mlx_lm.load(adapter_path=...) reads fine_tune_type, num_layers and lora_parameters.
         write_json(tmp / "adapter_config.json", {
