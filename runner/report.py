@@ -64,8 +64,7 @@ def collect(run_dir: Path, metrics: dict, info: dict, series: dict | None = None
     f.timings = {s: timings[s] for s in sorted(timings, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))}
     f.manifest = _load(run_dir / "documents" / "manifest.json") or []
     # The extraction records as the extractor's schema defines them (components/llm/record).
-    ex = run_dir / "extractions.jsonl"
-    f.extractions = record.read(ex, strict=False) if ex.is_file() else []
+    f.extractions = record.read(run_dir / "extractions.jsonl", strict=False)
     for split in SPLITS:
         p = run_dir / "dataset" / f"{split}.jsonl"
         if p.is_file():

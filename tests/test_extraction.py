@@ -266,7 +266,7 @@ def test_every_record_the_extractor_writes_is_in_the_record_schema():
 
 def test_a_record_of_another_shape_is_named_and_a_resume_asks_its_chunk_again(tmp_path):
     from components.llm.record import RecordError, read
-    from components.llm.record_log import read_records
+    from components.llm.record_log import reusable
 
     good = ChunkExtractor(ExtractionConfig(extractor="rules"), GLOSSARY, META, service=None)(CHUNK, "key")
     retired = {"chunk_id": "c9", "doc_id": "d", "status": "ok", "extraction": {}, "grounding": {}}
@@ -275,4 +275,5 @@ def test_a_record_of_another_shape_is_named_and_a_resume_asks_its_chunk_again(tm
     with pytest.raises(RecordError, match=r"extractions\.jsonl line 2: chunk_sha: Field required"):
         read(path)
     assert [r["chunk_id"] for r in read(path, strict=False)] == [good["chunk_id"]]
-    assert [r["chunk_id"] for r in read_records(path)] == [good["chunk_id"]]
+    # A resume keeps the good record and asks the retired one's chunk again.
+    assert list(reusable([path], "key", {good["chunk_id"]: good["chunk_sha"], "c9": "x"})) == [good["chunk_id"]]

@@ -120,7 +120,10 @@ def check(row: Any, where: str = "record") -> ExtractionRecord:
 
 def read(path: Path, *, strict: bool = True) -> list[ExtractionRecord]:
     """The records of ``path``. ``strict``: a line that is not one raises RecordError naming the
-    file and line; else it is skipped (a report shows what it can)."""
+    file and line. Else it is skipped — a line a crash cut short, a record of another shape —
+    and a missing file has none (a report shows what it can; a resume redoes those chunks)."""
+    if not strict and not path.is_file():
+        return []
     out = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, 1):

@@ -17,22 +17,9 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from components.llm import record
-
-
-def read_records(path: Path) -> Iterator[dict]:
-    """The records of a log, skipping lines a crash cut short and records of another shape (an
-    older version's: their chunks are asked again)."""
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                yield record.check(json.loads(line))
-            except (json.JSONDecodeError, record.RecordError):
-                continue
 
 
 def reusable(paths: Iterable[Path], request_key: str, shas: dict[str, str]) -> dict[str, dict]:
@@ -40,7 +27,7 @@ def reusable(paths: Iterable[Path], request_key: str, shas: dict[str, str]) -> d
     for the same chunk text, and not a transient failure."""
     out: dict[str, dict] = {}
     for p in paths:
-        for rec in read_records(p):
+        for rec in record.read(p, strict=False):
             cid = rec["chunk_id"]
             if rec.get("request_key") != request_key or shas.get(cid) != rec.get("chunk_sha"):
                 continue
