@@ -96,9 +96,10 @@ def main() -> None:
                                    json.dumps(overrides)], env)
     metrics = json.loads(next(l for l in out.splitlines() if l.startswith("METRICS "))[8:])
 
-    # The same OpenBLAS kernels as ours (use_fast_blas picks them from the CPU's flags).
+    # The same OpenBLAS kernels and thread wait as ours (use_fast_blas sets both).
     kernel = os.environ.get("OPENBLAS_CORETYPE") or kernel_for(cpu_flags())
-    bare_env = dict(env, LD_PRELOAD=":".join(OPENBLAS_LIBS), **({"OPENBLAS_CORETYPE": kernel} if kernel else {}))
+    bare_env = dict(env, LD_PRELOAD=":".join(OPENBLAS_LIBS), **({"OPENBLAS_CORETYPE": kernel} if kernel else {}),
+                    OPENBLAS_THREAD_TIMEOUT=os.environ.get("OPENBLAS_THREAD_TIMEOUT", "10"))
     bare_s, bare_rss, bout = timed([sys.executable, "-m", "mlx_lm", "lora", "--model", str(model_dir), "--train",
                                     "--data", str(work / "run" / "dataset"), "--iters", str(args.iters),
                                     "--batch-size", str(common["batch"]), "--num-layers", str(common["layers"]),

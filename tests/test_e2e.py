@@ -47,16 +47,17 @@ def store(tmp_path_factory):
     return f"sqlite:///{d / 'mlflow.db'}"
 
 
-# The default pipeline with one epoch of training instead of three: every stage, every check,
-# in a third of the training time. What the three-epoch default teaches is measured by
-# benchmarks/knowledge.py and the README's main job (docs/recipe.md), not here.
-TRAINING = ["lora.epochs=1"]
+# The default pipeline with half an epoch of training instead of three, 16 validation probes
+# instead of 64, and one generated sample and two generated answers per model instead of three and
+# four: every stage and every check, in a sixth of the training time. What the three-epoch default
+# teaches is measured by benchmarks/knowledge.py and the README's main job (docs/recipe.md).
+TRAINING = ["lora.epochs=0.5", "lora.val_probes=16", "evaluate.samples=1", "evaluate.generative_mcq=2"]
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, store):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    # About 6 minutes on 2 idle cores, more on a loaded machine.
+    # About 5 minutes on 2 idle cores, more on a loaded machine.
     out, seconds = runner([f"hydra.run.dir={run_dir}", *TRAINING], {"MLFLOW_TRACKING_URI": store}, timeout=2400)
     assert out.returncode == 0, out.log[-6000:]
     return run_dir, out, seconds

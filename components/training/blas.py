@@ -73,6 +73,12 @@ def use_fast_blas() -> str | None:
         log.warning("OpenBLAS not found (%s): mlx CPU matmuls will be ~30x slower; install it with `%s`",
                     ", ".join(missing), INSTALL_HINT)
         return None
+    # OpenBLAS's idle threads spin for 2**28 cycles (~0.1 s) before they sleep: between the small
+    # matmuls of a training step that kept the second core busy for nothing, a third of the
+    # step's CPU time as system time, taken from llama.cpp, Docling or a test run beside it.
+    # 2**10 cycles left the step time the same (1.56 vs 1.64 s, SmolLM2-135M, 2 cores) and the
+    # system time a quarter of what it was.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
     if not os.environ.get("OPENBLAS_CORETYPE"):
         kernel = kernel_for(cpu_flags())
         if kernel:  # read by OpenBLAS once, when it loads

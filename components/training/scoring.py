@@ -4,7 +4,8 @@ Each option is scored as the continuation of the question in the model's chat te
 assistant's turn): the mean log-probability of its tokens. The highest-scoring option is the
 model's answer. No text is generated, so a tuned model's answer format cannot change the score.
 A question's prompt goes through the model once, many questions to a batch; its options continue
-from the cached keys and values.
+from the cached keys and values. The part every prompt of a batch shares (the chat template's
+system turn, about half of a probe's prompt) goes through once for the whole batch.
 """
 from __future__ import annotations
 
@@ -19,17 +20,11 @@ def prompt_tokens(tokenizer, question: str, system: str | None) -> list[int]:
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
-def _forward(model, head, x, cache=None, last: bool = False):
-    """Log-probabilities over the vocabulary at every position of ``x`` (``last``: at its last
-    position only, where the vocabulary projection is most of the cost)."""
+def _forward(model, head, x, cache=None):
+    """Log-probabilities over the vocabulary at every position of ``x``."""
     import mlx.core as mx
 
-    if head is not None:
-        h = model.model(x, cache=cache)
-        logits = head(h[:, -1:] if last else h)
-    else:
-        logits = model(x, cache=cache)
-        logits = logits[:, -1:] if last else logits
+    logits = head(model.model(x, cache=cache)) if head is not None else model(x, cache=cache)
     logits = logits.astype(mx.float32)
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
@@ -73,9 +68,20 @@ def _option_pass(model, head, cache, rows: list[tuple[int, list[int]]]) -> list[
     return out
 
 
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Tokens at the start of every prompt, leaving each at least one of its own."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for i in range(max(0, n)):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(0, n)
+
+
 def _batched(model, head, prompts: list[list[int]], conts: list[list[list[int]]]) -> list[list[float]] | None:
-    """Several questions at once: the prompts left-padded into one batch with a batch KV cache,
-    then every option of every question continuing from its own question's row. None for
+    """Several questions at once: the part their prompts share once, the rest of each prompt in
+    one batch with a batch KV cache, then every option of every question continuing from its
+    own question's row. None for
     models whose cache is not plain keys and values (sliding windows, state-space layers)."""
     import mlx.core as mx
     import numpy as np
@@ -83,14 +89,33 @@ def _batched(model, head, prompts: list[list[int]], conts: list[list[list[int]]]
 
     if not all(type(c) is KVCache for c in make_prompt_cache(model)):
         return None
-    width = max(len(p) for p in prompts)
-    pad = [width - len(p) for p in prompts]
+    body = model.model if head is not None else model
+    shared = _shared_prefix(prompts)
+    if shared:
+        cache = [BatchKVCache([0]) for _ in range(len(model.layers))]
+        mx.eval(body(mx.array([prompts[0][:shared]]), cache=cache))
+        for c in cache:  # the one row of the shared part, a row per question
+            c.keys, c.values = (mx.repeat(a[..., :shared, :], len(prompts), axis=0) for a in (c.keys, c.values))
+            c.offset = mx.repeat(c.offset, len(prompts))
+            c.left_padding = mx.repeat(c.left_padding, len(prompts))
+    else:
+        cache = [BatchKVCache([0] * len(prompts)) for _ in range(len(model.layers))]
+    # The rest of each prompt, padded on the right; the padding then moves to the left, where
+    # the cache masks it (mlx-lm's BatchKVCache.prepare/finalize, as its batch generation does).
+    tails = [p[shared:] for p in prompts]
+    width = max(len(t) for t in tails)
     x = np.zeros((len(prompts), width), dtype=np.int32)
-    for r, p in enumerate(prompts):
-        x[r, pad[r]:] = p
-    cache = [BatchKVCache(pad) for _ in range(len(model.layers))]
+    for r, toks in enumerate(tails):
+        x[r, :len(toks)] = toks
+    for c in cache:
+        c.prepare(right_padding=[width - len(t) for t in tails])
+    h = body(mx.array(x), cache=cache)
+    h = mx.take_along_axis(h, mx.array([[len(t) - 1] for t in tails])[..., None], axis=1)
+    logits = (head(h) if head is not None else h).astype(mx.float32)
     # The prompt's last position predicts each option's first token.
-    first = np.array(_forward(model, head, mx.array(x), cache, last=True)[:, -1])
+    first = np.array((logits - mx.logsumexp(logits, axis=-1, keepdims=True))[:, -1])
+    for c in cache:
+        c.finalize()
     rows = [(q, c) for q, cs in enumerate(conts) for c in cs]
     rest = _option_pass(model, head, cache, rows)
     out, r = [], 0
