@@ -277,3 +277,13 @@ def test_a_record_of_another_shape_is_named_and_a_resume_asks_its_chunk_again(tm
     assert [r["chunk_id"] for r in read(path, strict=False)] == [good["chunk_id"]]
     # A resume keeps the good record and asks the retired one's chunk again.
     assert list(reusable([path], "key", {good["chunk_id"]: good["chunk_sha"], "c9": "x"})) == [good["chunk_id"]]
+
+
+def test_a_repeated_entity_or_acronym_is_kept_once_and_counted():
+    repeated = {**GOOD, "entities": GOOD["entities"] + [{"name": "T300", "type": "timer"}] * 3,
+                "acronyms": GOOD["acronyms"] * 2}
+    rec = extractor([repeated, {"answer": "RRC connection establishment"}, {"answer": "x"}])(CHUNK, "key")
+    assert [e["name"] for e in rec["llm"]["entities"]] == ["T300", "RRC"]
+    assert [a["acronym"] for a in rec["llm"]["acronyms"]] == ["RRC"]
+    assert rec["llm"]["dropped"]["duplicate_entity"] == 3 and rec["llm"]["dropped"]["duplicate_acronym"] == 1
+    assert [e["name"] for e in rec["result"]["entities"]] == ["T300", "RRC"]

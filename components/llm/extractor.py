@@ -144,18 +144,27 @@ class ChunkExtractor:
 
     def _judge(self, data: dict, text: str, g: rules.Glossary, usage: Counter) -> dict:
         dropped: Counter = Counter()
-        entities = []
+        # A small model repeats itself ("UE", "UE", "UE"): each item is kept once.
+        entities, seen_entities = [], set()
         for e in data["entities"]:
-            if G.entity_in_chunk(e["name"], text):
-                entities.append(e)
-            else:
+            key = (" ".join(G.tokens(e["name"])), e["type"])
+            if not G.entity_in_chunk(e["name"], text):
                 dropped["entity_not_in_chunk"] += 1
-        acronyms = []
-        for a in data["acronyms"]:
-            if G.acronym_supported(a["acronym"], a["expansion"], text, g):
-                acronyms.append(a)
+            elif key in seen_entities:
+                dropped["duplicate_entity"] += 1
             else:
+                seen_entities.add(key)
+                entities.append(e)
+        acronyms, seen_acronyms = [], set()
+        for a in data["acronyms"]:
+            key = (a["acronym"], " ".join(G.tokens(a["expansion"])))
+            if not G.acronym_supported(a["acronym"], a["expansion"], text, g):
                 dropped["acronym_unsupported"] += 1
+            elif key in seen_acronyms:
+                dropped["duplicate_acronym"] += 1
+            else:
+                seen_acronyms.add(key)
+                acronyms.append(a)
         in_chunk = set(rules.spec_refs(rules.body_text(text)))
         refs = []
         for r in data["spec_refs"]:
