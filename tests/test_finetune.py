@@ -136,6 +136,34 @@ def test_wrong_lora_and_finetune_keys_fail_naming_them(compose):
         build(compose("lora.num_layers=0").lora, "lora")
 
 
+
+def test_the_optimizer_clips_the_gradients_global_norm_and_only_above_the_limit(compose):
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    from components.training.lora import _optimizer
+    from runner.config import build
+
+    params = {"a": mx.array([1.0, -2.0]), "b": mx.array([[0.5]])}
+    spike = {"a": mx.array([30.0, -40.0]), "b": mx.array([[0.0]])}  # norm 50
+    small = {"a": mx.array([0.3, -0.4]), "b": mx.array([[0.1]])}  # norm about 0.5
+    fixed = ("lora.lr_schedule=constant", "lora.warmup_fraction=0")
+    clipped = build(compose("lora.max_grad_norm=1.0", *fixed).lora, "lora")
+    unclipped = build(compose("lora.max_grad_norm=null", *fixed).lora, "lora")
+
+    def two_steps(opt, first, second):  # Adam's first step alone is the same at any scale
+        return opt.apply_gradients(second, opt.apply_gradients(first, params))
+
+    got = two_steps(_optimizer(clipped, 10), spike, small)
+    # Adam given the spike scaled to the limit, and the small gradient as it is.
+    want = two_steps(optim.Adam(learning_rate=clipped.learning_rate), {k: v / 50 for k, v in spike.items()}, small)
+    plain = two_steps(_optimizer(unclipped, 10), spike, small)
+    for k in params:
+        assert mx.allclose(got[k], want[k], atol=1e-6).item(), (k, got[k], want[k])
+    assert not mx.allclose(got["a"], plain["a"], atol=1e-6).item()
+    assert build(compose().lora, "lora").max_grad_norm == 1.0  # the default clips
+
+
 # --- real training (slow) -----------------------------------------------------------------------------
 
 TINY = ["lora.epochs=null", "lora.iters=8", "lora.max_seq_length=64", "lora.num_layers=2", "lora.batch_size=4",

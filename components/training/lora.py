@@ -51,6 +51,7 @@ class LoraConfig(Settings):
     warmup_steps: int = Field(0, ge=0)  # optimizer updates of linear warm-up from 0
     warmup_fraction: float = Field(0.0, ge=0, lt=1)  # of the updates, when warmup_steps is 0
     min_learning_rate: float = Field(0.0, ge=0)  # where cosine and linear decay end
+    max_grad_norm: float | None = Field(None, gt=0)  # clip the global gradient norm; null: no clipping
     max_seq_length: int = Field(512, ge=16)
     steps_per_report: int = Field(5, ge=1)
     steps_per_eval: int | None = Field(15, ge=1)  # validation on the first report step at or
@@ -202,6 +203,23 @@ def _schedule(lora: LoraConfig, updates: int):
     return build_schedule({**spec, "warmup": warmup})
 
 
+def _optimizer(lora: LoraConfig, updates: int):
+    """Adam on the schedule, the gradient's global norm clipped at ``lora.max_grad_norm``."""
+    import mlx.optimizers as optim
+
+    limit = lora.max_grad_norm
+
+    class ClippedAdam(optim.Adam):
+        # mlx-lm's train calls optimizer.update, which applies these: clipping here covers
+        # accumulated gradients too.
+        def apply_gradients(self, gradients: dict, parameters: dict):
+            if limit is not None:
+                gradients, _ = optim.clip_grad_norm(gradients, limit)
+            return super().apply_gradients(gradients, parameters)
+
+    return ClippedAdam(learning_rate=_schedule(lora, updates))
+
+
 def _available_bytes() -> float:
     import psutil
 
@@ -238,7 +256,6 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     ``preflight.PreflightError`` when the run cannot fit the memory available.
     """
     mx = import_mlx()
-    import mlx.optimizers as optim
     import numpy as np
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.trainer import TrainingArgs
@@ -298,7 +315,7 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     if not trainable:
         raise preflight.PreflightError(f"lora.target_modules: none of {lora.target_modules} is a "
                                        "linear layer of this model's blocks")
-    optimizer = optim.Adam(learning_rate=_schedule(lora, max(1, iters // accum)))
+    optimizer = _optimizer(lora, max(1, iters // accum))
 
     probes_path = data_dir / "probes.jsonl"
     selection = Selection(read_jsonl(probes_path) if probes_path.is_file() else [], tokenizer, system,
