@@ -41,24 +41,6 @@ def questions(wordings: int):
     return out
 
 
-def plain(model, tok, qs) -> list[list[float]]:
-    import mlx.core as mx
-
-    from components.training import objective, scoring
-
-    head = objective.head(model)
-    out = []
-    for q in qs:
-        prompt = scoring.prompt_tokens(tok, q.question, SYSTEM)
-        row = []
-        for o in q.options:
-            c = tok.encode(o, add_special_tokens=False)
-            lp = scoring._forward(model, head, mx.array([prompt + c]))[0]
-            row.append(sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)) / len(c))
-        out.append(row)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--wordings", type=int, default=4, choices=range(1, len(ASK) + 1))
@@ -66,7 +48,7 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from components.training import lora, scoring
+    from components.training import lora, objective, scoring
     from runner.config import build, resolve_hardware
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -83,7 +65,9 @@ def main() -> None:
     ours = scoring.option_logprobs(model, tok, qs, SYSTEM)
     ours_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    base = plain(model, tok, qs)
+    prompts = [scoring.prompt_tokens(tok, q.question, SYSTEM) for q in qs]
+    base = scoring.one_by_one(model, objective.head(model), prompts,
+                              [[tok.encode(o, add_special_tokens=False) for o in q.options] for q in qs])
     plain_s = time.perf_counter() - t0
 
     same = sum(scoring.choose(a) == scoring.choose(b) for a, b in zip(ours, base))

@@ -22,11 +22,29 @@ def prompt_tokens(tokenizer, question: str, system: str | None) -> list[int]:
 
 def _forward(model, head, x, cache=None):
     """Log-probabilities over the vocabulary at every position of ``x``."""
+    return _logprobs(head(model.model(x, cache=cache)) if head is not None else model(x, cache=cache))
+
+
+def _logprobs(logits):
     import mlx.core as mx
 
-    logits = head(model.model(x, cache=cache)) if head is not None else model(x, cache=cache)
     logits = logits.astype(mx.float32)
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def one_by_one(model, head, prompts: list[list[int]], conts: list[list[list[int]]]) -> list[list[float]]:
+    """The plain way, for models whose cache cannot be batched: each option in full, prompt and
+    option, one sequence at a time."""
+    import mlx.core as mx
+
+    scores = []
+    for prompt, cs in zip(prompts, conts):
+        row = []
+        for c in cs:
+            lp = _forward(model, head, mx.array([prompt + c]))[0]
+            row.append(sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)) / len(c))
+        scores.append(row)
+    return scores
 
 
 def _option_pass(model, head, cache, rows: list[tuple[int, list[int]]]) -> list[float]:
@@ -111,9 +129,8 @@ def _batched(model, head, prompts: list[list[int]], conts: list[list[list[int]]]
         c.prepare(right_padding=[width - len(t) for t in tails])
     h = body(mx.array(x), cache=cache)
     h = mx.take_along_axis(h, mx.array([[len(t) - 1] for t in tails])[..., None], axis=1)
-    logits = (head(h) if head is not None else h).astype(mx.float32)
     # The prompt's last position predicts each option's first token.
-    first = np.array((logits - mx.logsumexp(logits, axis=-1, keepdims=True))[:, -1])
+    first = np.array(_logprobs(head(h) if head is not None else h)[:, -1])
     for c in cache:
         c.finalize()
     rows = [(q, c) for q, cs in enumerate(conts) for c in cs]
@@ -130,8 +147,6 @@ def option_logprobs(model, tokenizer, questions: list[MCQ], system: str | None =
     """Per question, the mean log-probability per token of each option. A question goes
     through the model once and its options continue from its keys and values, ``batch``
     questions per forward pass."""
-    import mlx.core as mx
-
     out = []
     head = _head(model)
     for at in range(0, len(questions), batch):
@@ -140,15 +155,7 @@ def option_logprobs(model, tokenizer, questions: list[MCQ], system: str | None =
         conts = [[tokenizer.encode(o, add_special_tokens=False) or [tokenizer.eos_token_id] for o in q.options]
                  for q in chunk]
         scores = _batched(model, head, prompts, conts)
-        if scores is None:  # every option in full, one sequence at a time
-            scores = []
-            for prompt, cs in zip(prompts, conts):
-                row = []
-                for c in cs:
-                    lp = _forward(model, head, mx.array([prompt + c]))[0]
-                    row.append(sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)) / len(c))
-                scores.append(row)
-        out += scores
+        out += scores if scores is not None else one_by_one(model, head, prompts, conts)
         if on_question:
             on_question(len(chunk))
     return out
