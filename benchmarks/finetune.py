@@ -6,7 +6,11 @@ The bare CLI on Linux loads mlx's bundled reference BLAS (see benchmarks/blas.py
 the same OpenBLAS preloaded (LD_PRELOAD) and the same kernels (OPENBLAS_CORETYPE), so the ratio
 measures our stage, not the BLAS: its validations, and the training objective of
 components/training/objective.py (mlx-lm's loss on fewer positions).
-Last line: one JSON object (ratio_vs_bare: our wall time / bare wall time; goal <= 1.05).
+Ours runs twice: in one process and in two (``lora.workers=2``, components/training/parallel.py:
+the batch split, gradients averaged over MLX's ring backend on loopback), both with the machine's
+threads. Peak RSS is the largest single process's.
+Last line: one JSON object (ratio_vs_bare: our one-process wall time / bare wall time, goal
+<= 1.05; ratio_two_vs_one_process: two processes' wall time / one's).
 Usage: python benchmarks/finetune.py [--iters 30]
 """
 from __future__ import annotations
@@ -83,7 +87,6 @@ def main() -> None:
 
     model_dir = ensure_mlx_model(embedded_gguf_path(), ROOT / "outputs" / "cache" / "models")
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    write_data(work / "run" / "dataset")
     common = dict(batch=4, layers=8, rank=8, seq=512, report=5, eval=15)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", COLUMNS="120")
 
@@ -92,16 +95,23 @@ def main() -> None:
                  f"lora.num_layers={common['layers']}", f"lora.rank={common['rank']}",
                  f"lora.max_seq_length={common['seq']}", f"lora.steps_per_report={common['report']}",
                  f"lora.steps_per_eval={common['eval']}", "lora.steps_per_save=1000000"]
-    ours_s, ours_rss, out = timed([sys.executable, "-c", _OURS, str(ROOT / "conf"), str(work / "run"),
-                                   json.dumps(overrides)], env)
-    metrics = json.loads(next(l for l in out.splitlines() if l.startswith("METRICS "))[8:])
+    def ours(workers: int) -> tuple[float, float, dict]:
+        run = work / f"run{workers}"
+        if not run.exists():
+            write_data(run / "dataset")
+        seconds, rss, out = timed([sys.executable, "-c", _OURS, str(ROOT / "conf"), str(run),
+                                   json.dumps([*overrides, f"lora.workers={workers}"])], env)
+        return seconds, rss, json.loads(next(l for l in out.splitlines() if l.startswith("METRICS "))[8:])
+
+    ours_s, ours_rss, metrics = ours(1)
+    two_s, two_rss, two_metrics = ours(2)
 
     # The same OpenBLAS kernels and thread wait as ours (use_fast_blas sets both).
     kernel = os.environ.get("OPENBLAS_CORETYPE") or kernel_for(cpu_flags())
     bare_env = dict(env, LD_PRELOAD=":".join(OPENBLAS_LIBS), **({"OPENBLAS_CORETYPE": kernel} if kernel else {}),
                     OPENBLAS_THREAD_TIMEOUT=os.environ.get("OPENBLAS_THREAD_TIMEOUT", "10"))
     bare_s, bare_rss, bout = timed([sys.executable, "-m", "mlx_lm", "lora", "--model", str(model_dir), "--train",
-                                    "--data", str(work / "run" / "dataset"), "--iters", str(args.iters),
+                                    "--data", str(work / "run1" / "dataset"), "--iters", str(args.iters),
                                     "--batch-size", str(common["batch"]), "--num-layers", str(common["layers"]),
                                     "--max-seq-length", str(common["seq"]), "--steps-per-report",
                                     str(common["report"]), "--steps-per-eval", str(common["eval"]),
@@ -113,14 +123,17 @@ def main() -> None:
     bare_tps = sum(float(r[3]) for r in rows) / len(rows) if rows else float("nan")
     ours_tps = metrics.get("finetune/tokens_per_second_final", float("nan"))
 
-    print(f"{'':>22} {'ours':>10} {'bare CLI':>10}")
-    print(f"{'wall seconds':>22} {ours_s:>10.1f} {bare_s:>10.1f}")
-    print(f"{'tokens/s (last report)':>22} {ours_tps:>10.1f} {bare_tps:>10.1f}")
-    print(f"{'peak RSS GB':>22} {ours_rss:>10.2f} {bare_rss:>10.2f}")
+    two_tps = two_metrics.get("finetune/tokens_per_second_final", float("nan"))
+    print(f"{'':>22} {'ours':>10} {'ours, 2 proc':>12} {'bare CLI':>10}")
+    print(f"{'wall seconds':>22} {ours_s:>10.1f} {two_s:>12.1f} {bare_s:>10.1f}")
+    print(f"{'tokens/s (last report)':>22} {ours_tps:>10.1f} {two_tps:>12.1f} {bare_tps:>10.1f}")
+    print(f"{'peak RSS GB':>22} {ours_rss:>10.2f} {two_rss:>12.2f} {bare_rss:>10.2f}")
     print(f"preflight estimate {metrics['finetune/estimate_peak_gb']:.2f} GB vs mlx peak "
           f"{metrics['finetune/measured_peak_gb']:.2f} GB")
     print(json.dumps({
         "iters": args.iters, "ratio_vs_bare": round(ours_s / bare_s, 3),
+        "ratio_two_vs_one_process": round(two_s / ours_s, 3), "seconds_two_processes": round(two_s, 1),
+        "tokens_per_s_two_processes": round(two_tps, 1),
         "seconds_ours": round(ours_s, 1), "seconds_bare": round(bare_s, 1),
         "tokens_per_s_ours": round(ours_tps, 1), "tokens_per_s_bare": round(bare_tps, 1),
         "peak_mem_gb_ours": round(ours_rss, 2), "peak_mem_gb_bare": round(bare_rss, 2),

@@ -28,6 +28,7 @@ class Resolved:
     convert_workers: int
     extract_concurrency: int
     train_batch_size: int
+    train_workers: int  # data-parallel training processes (CPU); 1 on Metal
     lora_rank: int
     grad_accumulation_steps: int
     dtype: str
@@ -61,7 +62,7 @@ class HardwareProfile:
     def __init__(self, name: str, memory_gb: float | None = None, accelerator: str = "auto",
                  cpu_threads: int | None = None, convert_workers: int | None = None,
                  extract_concurrency: int | None = None, train_batch_size: int | None = None,
-                 lora_rank: int = 8, grad_accumulation_steps: int = 1, dtype: str = "auto",
+                 train_workers: int | None = None, lora_rank: int = 8, grad_accumulation_steps: int = 1, dtype: str = "auto",
                  tiers: list[dict] | None = None) -> None:
         if accelerator not in ("auto", "metal", "cpu"):
             raise ValueError(f"hardware.accelerator must be auto, metal or cpu, not {accelerator!r}")
@@ -72,7 +73,8 @@ class HardwareProfile:
             if unknown or "min_available_gb" not in t:
                 raise ValueError(f"hardware.tiers[{i}]: keys are {sorted(self.TIER_KEYS)} with "
                                  f"min_available_gb required (got {sorted(t)})")
-        for key, value in (("lora_rank", lora_rank), ("grad_accumulation_steps", grad_accumulation_steps)):
+        for key, value in (("lora_rank", lora_rank), ("grad_accumulation_steps", grad_accumulation_steps),
+                           ("train_workers", 1 if train_workers is None else train_workers)):
             if value < 1:
                 raise ValueError(f"hardware.{key} must be at least 1 (got {value})")
         self.name = name
@@ -82,6 +84,7 @@ class HardwareProfile:
         self.convert_workers = convert_workers
         self.extract_concurrency = extract_concurrency
         self.train_batch_size = train_batch_size
+        self.train_workers = train_workers
         self.lora_rank = lora_rank
         self.grad_accumulation_steps = grad_accumulation_steps
         self.dtype = dtype
@@ -127,6 +130,15 @@ class HardwareProfile:
             batch = capped(None, 4, max(1, int(mem // 4)))
         else:
             batch = max(1, int(train["train_batch_size"] * shrink))
+        if self.train_workers is not None:
+            workers = self.train_workers
+        elif accel == "metal":
+            workers = 1  # one GPU: a second process would only share it
+        else:
+            # MLX on a CPU spends much of a step in single-threaded work between the BLAS calls:
+            # two processes of one thread each train 1.5x as fast as one of two threads
+            # (docs/recipe.md). The batch is split between them, so it must divide.
+            workers = 2 if threads >= 2 and batch % 2 == 0 else 1
         res = Resolved(
             name=self.name,
             memory_gb=round(mem, 1),
@@ -136,6 +148,7 @@ class HardwareProfile:
             convert_workers=capped(self.convert_workers, max(1, threads // 2), threads),
             extract_concurrency=capped(self.extract_concurrency, 2, max(2, threads)),
             train_batch_size=batch,
+            train_workers=workers,
             lora_rank=int(train["lora_rank"]),
             grad_accumulation_steps=int(train["grad_accumulation_steps"]),
             dtype=dtype,

@@ -297,6 +297,61 @@ def test_stop_keeps_a_checkpoint_and_the_rerun_resumes_to_the_same_adapters(trai
 
 
 @pytest.mark.slow
+def test_data_parallel_training_learns_as_one_process_does(trained, tmp_path, shared_cache):
+    """The same tiny run in one process and in two (MLX's ring over loopback, each batch split,
+    gradients averaged): the same base validation loss, the same curve within a few per cent."""
+    from runner.stages import finetune
+
+    ref_dir, ref_cfg, ref, _ = trained
+    other = 1 if ref_cfg.lora.workers > 1 else 2
+    run_dir = tmp_path / "run"
+    write_dataset(run_dir / "dataset")
+    rec = Recorder()
+    finetune.run(stage_ctx("finetune", run_dir, make_cfg(*TINY, f"cache_dir={shared_cache}",
+                                                          f"lora.workers={other}"), rec))
+    workers = {json.loads((d / "adapters" / "adapter_config.json").read_text())["training"]["workers"]
+               for d in (ref_dir, run_dir)}
+    assert workers == {1, 2}
+    (s0, base), *rest = rec.series("finetune/val_loss")
+    (r0, ref_base), *ref_rest = ref.series("finetune/val_loss")
+    assert s0 == r0 == 0 and base == pytest.approx(ref_base, abs=1e-4)  # shares summed exactly
+    assert [s for s, _ in rest] == [s for s, _ in ref_rest] == [4, 8]
+    for (_, a), (_, b) in zip(rest, ref_rest):
+        assert a == pytest.approx(b, rel=0.1) and a < base
+    for (_, a), (_, b) in zip(rec.series("finetune/train_loss"), ref.series("finetune/train_loss")):
+        assert a == pytest.approx(b, rel=0.15)
+
+
+@pytest.mark.slow
+def test_a_training_process_that_dies_ends_the_run_with_its_error(tmp_path, shared_cache):
+    """The second process killed mid-run: the first, left waiting on it, is stopped too, the
+    error names the process, and nothing is left running."""
+    import psutil
+
+    from runner.stages import finetune
+
+    run_dir = tmp_path / "run"
+    write_dataset(run_dir / "dataset")
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "lora.workers=2", "lora.iters=400")
+
+    class Killer(Recorder):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics(metrics, step)
+            if step == 4 and "finetune/train_loss" in metrics:
+                for child in psutil.Process().children():
+                    if child.environ().get("MLX_RANK") == "1":
+                        child.kill()
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"training process 1 of 2 exited with -9"):
+        finetune.run(stage_ctx("finetune", run_dir, cfg, Killer()))
+    assert time.perf_counter() - t0 < 60
+    assert not [c for c in psutil.Process().children() if c.is_running() and c.status() != "zombie"]
+    assert not (run_dir / "adapters").exists()
+    assert json.loads((run_dir / "adapters.checkpoint" / "checkpoint.json").read_text())["step"] >= 2
+
+
+@pytest.mark.slow
 def test_half_written_checkpoint_is_not_resumed(tmp_path, shared_cache):
     from runner.stage import Interrupted
     from runner.stages import finetune

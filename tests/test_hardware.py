@@ -71,6 +71,24 @@ def test_auto_follows_the_machine(compose):
     assert mac.dtype == "bfloat16" and mac.cpu_threads == 16
 
 
+def test_training_runs_in_two_processes_on_a_cpu_and_in_one_on_metal(compose):
+    from components.hardware import HardwareProfile
+
+    prof = instantiate(compose().hardware)
+    assert prof.resolve(SMALL).train_workers == 2 and prof.resolve(MAC).train_workers == 1
+    one_core = {**SMALL, "cpus": 1}
+    assert prof.resolve(one_core).train_workers == 1
+    # The batch is split between the processes: an odd one stays in one.
+    assert HardwareProfile("odd", train_batch_size=3).resolve(SMALL).train_workers == 1
+    assert HardwareProfile("declared", train_workers=4).resolve(SMALL).train_workers == 4
+    cfg = compose("hardware=linux-cpu")
+    from runner.config import resolve_hardware
+
+    resolve_hardware(cfg)
+    assert cfg.lora.workers == cfg.hw.train_workers >= 1
+    assert compose("lora.workers=1").lora.workers == 1
+
+
 def test_auto_detects_this_machine(compose):
     r = instantiate(compose().hardware).resolve()
     assert r.memory_gb > 0 and r.cpu_threads >= 1 and r.train_batch_size >= 1

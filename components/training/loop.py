@@ -6,6 +6,10 @@ mlx-lm's ``train`` gives two hooks: its callback (``on_train_loss_report``, ever
 and the batch iterator it asks before every step. ``TrainingLoop`` is both: reports and
 validation in the callback; checkpoints, early stopping and the stop request in
 ``between_steps``, which the iterator calls before handing out the next batch.
+
+In a data-parallel run (``parallel``) the processes validate together, each on its share of the
+examples and probes; the first reports and saves; all of them agree at each step whether to go
+on, so that they stop at the same step.
 """
 from __future__ import annotations
 
@@ -23,12 +27,13 @@ class TrainingLoop(TrainingCallback):
     def __init__(self, *, model, optimizer, ckpt: Checkpoint, run_key: str, selection: Selection,
                  val_subset, val_batch: int, max_seq_length: int, iters: int, start: int,
                  validate_every: int, accum: int, steps_per_save: int, seed: int,
-                 log_metrics: Callable[[dict, int], None], cancel: threading.Event) -> None:
+                 log_metrics: Callable[[dict, int], None], cancel: threading.Event, world=None) -> None:
         self.model, self.optimizer, self.ckpt, self.run_key = model, optimizer, ckpt, run_key
         self.selection, self.val_subset, self.val_batch = selection, val_subset, val_batch
         self.max_seq_length, self.iters, self.start = max_seq_length, iters, start
         self.every, self.accum, self.steps_per_save, self.seed = validate_every, accum, steps_per_save, seed
-        self._log_metrics, self.cancel = log_metrics, cancel
+        self._log_metrics, self.cancel, self.world = log_metrics, cancel, world
+        self.primary = world is None or world.rank() == 0
         self.tight = objective.batches_for(model)
         self.last: dict[str, float] = {}  # the latest value of every series
         self.val_by_step: dict[int, float] = {}
@@ -39,18 +44,15 @@ class TrainingLoop(TrainingCallback):
 
     def log(self, metrics: dict, step: int) -> None:
         self.last.update(metrics)
-        self._log_metrics({k: float(v) for k, v in metrics.items()}, step)
+        if self.primary:
+            self._log_metrics({k: float(v) for k, v in metrics.items()}, step)
 
     # -- validation ------------------------------------------------------------------------
     def validate(self, step: int) -> None:
         """Validation loss on the same shortest examples every time (so they compare), and the
         validation probes, which score the weights of this step."""
-        from mlx_lm.tuner.trainer import evaluate
-
-        val = evaluate(model=self.model, dataset=self.val_subset, batch_size=self.val_batch, num_batches=-1,
-                       max_seq_length=self.max_seq_length, loss=objective.loss, iterate_batches=self.tight)
-        self.val_by_step[step] = float(val)
-        self.model.eval()
+        val = objective.mean_loss(self.model, self.val_subset, self.val_batch, self.max_seq_length, world=self.world)
+        self.val_by_step[step] = val
         found = self.selection.measure(self.model, step, val)
         self.model.train()
         self.last_val = step
@@ -75,20 +77,28 @@ class TrainingLoop(TrainingCallback):
         self.ckpt.save(step, self.model, self.optimizer, self.run_key, self.selection)
         self.saved = step
 
+    def _agreed(self, stop: bool) -> bool:
+        """Whether any process stops here (each asks at every step, so they stop together)."""
+        if self.world is None or self.world.size() == 1:
+            return stop
+        import mlx.core as mx
+
+        return mx.distributed.all_sum(mx.array(int(stop)), group=self.world, stream=mx.cpu).item() > 0
+
     def between_steps(self, done: int) -> bool:
         """Step ``done`` is trained (and reported, validated); may the next one run? Saves a
         checkpoint every ``steps_per_save`` steps (at an optimizer update) and on a stop request."""
         at_update = done % self.accum == 0
-        if done > self.start and at_update and done - self.saved >= self.steps_per_save:
+        if self.primary and done > self.start and at_update and done - self.saved >= self.steps_per_save:
             self._save(done)
-        if self.early is not None:
-            return False
-        if self.cancel.is_set():
-            if done > self.saved and at_update:
+        early = self.early is not None
+        if not self._agreed(early or self.cancel.is_set()):
+            return True
+        if not early:
+            if self.primary and done > self.saved and at_update:
                 self._save(done)
             self.stopped = done
-            return False
-        return True
+        return False
 
     def batches(self, dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
         """mlx-lm's batch iterator (tight batches), in the same order as an uninterrupted run:

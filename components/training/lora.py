@@ -44,6 +44,7 @@ class LoraConfig(Settings):
     epochs: float | None = Field(None, gt=0)  # set: overrides iters (passes over train.jsonl)
     max_iters: int | None = Field(None, ge=1)  # a ceiling on the iterations epochs ask for
     batch_size: int = Field(4, ge=1)
+    workers: int = Field(1, ge=1)  # data-parallel processes on this machine (``parallel``)
     grad_accumulation_steps: int = Field(1, ge=1)
     grad_checkpoint: bool = False
     learning_rate: float = Field(5e-4, gt=0)
@@ -143,11 +144,7 @@ def dataset(path: Path, tokenizer, mask_prompt: bool):
 
 
 def loss(model, data, batch_size: int, max_seq_length: int, num_batches: int = -1) -> float:
-    from mlx_lm.tuner.trainer import evaluate
-
-    return float(evaluate(model=model, dataset=data, batch_size=max(1, min(batch_size, len(data))),
-                          num_batches=num_batches, max_seq_length=max_seq_length, loss=objective.loss,
-                          iterate_batches=objective.batches_for(model)))
+    return objective.mean_loss(model, data, max(1, min(batch_size, len(data))), max_seq_length, num_batches)
 
 
 def perplexity(loss_value: float) -> float:
@@ -226,19 +223,6 @@ def _available_bytes() -> float:
     return float(psutil.virtual_memory().available)
 
 
-class _Subset:
-    """Some examples of a tokenised dataset, in mlx-lm's dataset protocol."""
-
-    def __init__(self, data, rows: list[int]) -> None:
-        self.data, self.rows = data, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.data[self.rows[i]]
-
-
 def _model_config(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
 
@@ -254,10 +238,14 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     under the same provenance. Raises
     ``TrainingStopped`` when ``cancel`` is set (after saving a checkpoint), and
     ``preflight.PreflightError`` when the run cannot fit the memory available.
+
+    In a process of a data-parallel run (``parallel``, MLX's distributed group already set up),
+    this process trains its share of each batch; only the first process validates, saves and
+    publishes, and the others return ``{}``.
     """
     mx = import_mlx()
     import numpy as np
-    from mlx.utils import tree_flatten
+    from mlx.utils import tree_flatten, tree_map
     from mlx_lm.tuner.trainer import TrainingArgs
     from mlx_lm.tuner.trainer import train as mlx_train
     from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -265,6 +253,8 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     from components.training.loop import TrainingLoop  # imports mlx_lm: after import_mlx()
 
     cancel = cancel or threading.Event()
+    world = mx.distributed.init()
+    primary = world.rank() == 0
     model, tokenizer = load(model_dir, lazy=True)
     config = _model_config(model_dir)
     if lora.dtype != "float32" or config.get("torch_dtype") not in (None, "float32"):
@@ -273,30 +263,37 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     valid_set = dataset(data_dir / "valid.jsonl", tokenizer, lora.mask_prompt)
     if not len(train_set) or not len(valid_set):
         raise preflight.PreflightError(f"{data_dir}: train.jsonl and valid.jsonl must both hold examples")
+    size = world.size()
     batch = max(1, min(lora.batch_size, len(train_set), len(valid_set)))
+    if batch % size:
+        raise preflight.PreflightError(f"lora.batch_size {batch} cannot be split between "
+                                       f"lora.workers={size} processes; use a multiple of it")
     num_layers = len(model.layers) if lora.num_layers < 0 else min(lora.num_layers, len(model.layers))
     seq = preflight.padded_length(max(train_set.longest, valid_set.longest), lora.max_seq_length)
     shape = preflight.shape_of(model, config, lora.target_modules, num_layers)
     available = _available_bytes() if available_bytes is None else available_bytes
     budget = available * lora.memory_fraction
-    fit_args = dict(batch=batch, rank=lora.rank, grad_accumulation_steps=lora.grad_accumulation_steps,
+    # This process's share of the batch is what must fit its share of the memory.
+    fit_args = dict(batch=batch // size, rank=lora.rank, grad_accumulation_steps=lora.grad_accumulation_steps,
                     seq=seq, num_layers=num_layers, dtype=lora.dtype, grad_checkpoint=lora.grad_checkpoint)
     plan = (preflight.fit(shape, budget_bytes=budget, **fit_args) if lora.preflight
-            else preflight.Plan(batch, lora.rank, lora.grad_accumulation_steps,
-                                preflight.estimate(shape, batch=batch, seq=seq, rank=lora.rank,
+            else preflight.Plan(batch // size, lora.rank, lora.grad_accumulation_steps,
+                                preflight.estimate(shape, batch=batch // size, seq=seq, rank=lora.rank,
                                                    num_layers=num_layers, dtype=lora.dtype,
                                                    grad_checkpoint=lora.grad_checkpoint), budget))
+    batch = plan.batch_size * size  # the batch of an optimizer step, over every process
     for change in plan.changes:
         log.warning("preflight: %s to fit %.1f GB available", change, available / preflight.GB)
     est_gb = plan.estimate.gb()
     log.info("preflight: estimated peak %.2f GB (weights %.2f, LoRA+Adam %.3f, activations %.2f, "
-             "logits %.2f) for batch %d x %d tokens, rank %d; %.1f GB available",
+             "logits %.2f) for batch %d x %d tokens%s, rank %d; %.1f GB available",
              est_gb["total"], est_gb["weights"], est_gb["lora"], est_gb["activations"],
-             est_gb["logits"], plan.batch_size, seq, plan.rank, available / preflight.GB)
+             est_gb["logits"], plan.batch_size, seq, f" in each of {size} processes" if size > 1 else "",
+             plan.rank, available / preflight.GB)
 
     iters = lora.iters
     if lora.epochs is not None:
-        iters = max(1, math.ceil(lora.epochs * len(train_set) / plan.batch_size))
+        iters = max(1, math.ceil(lora.epochs * len(train_set) / batch))
         if lora.max_iters is not None and iters > lora.max_iters:
             log.warning("finetune: %g epochs of %d examples are %d iterations; lora.max_iters caps "
                         "them at %d", lora.epochs, len(train_set), iters, lora.max_iters)
@@ -311,6 +308,11 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     if lora.target_modules is not None:
         params["keys"] = list(lora.target_modules)
     linear_to_lora_layers(model, num_layers, params)
+    if world.size() > 1:  # every process starts from the same adapters, whatever its RNG did
+        model.update(tree_map(lambda p: mx.distributed.all_sum(p, stream=mx.cpu) / world.size(),
+                              model.trainable_parameters()))
+        # now: collectives must run in the same order in every process
+        mx.eval(model.trainable_parameters())
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     if not trainable:
         raise preflight.PreflightError(f"lora.target_modules: none of {lora.target_modules} is a "
@@ -319,11 +321,11 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
 
     probes_path = data_dir / "probes.jsonl"
     selection = Selection(read_jsonl(probes_path) if probes_path.is_file() else [], tokenizer, system,
-                          lora.early_stopping_patience, lora.val_probes, lora.seed, cancel)
+                          lora.early_stopping_patience, lora.val_probes, lora.seed, cancel, world)
     # Effective values join the provenance of a checkpoint: a resumed run must continue the same
     # run, not one with another batch or rank.
     ckpt = Checkpoint(out_dir.with_name(out_dir.name + ".checkpoint"))
-    run_key = hashlib.sha256(json.dumps([prov["key"], plan.batch_size, plan.rank, accum, iters],
+    run_key = hashlib.sha256(json.dumps([prov["key"], batch, plan.rank, accum, iters],
                                         default=str).encode()).hexdigest()
     start = 0
     info = ckpt.load_info(run_key)
@@ -332,34 +334,41 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         start = info["step"]
         log.info("finetune: resuming from the checkpoint at step %d of %d (optimizer step %d)",
                  start, iters, info["optimizer_step"])
-    elif ckpt.root.exists() or ckpt.root.with_name(ckpt.root.name + ".old").exists():
+    elif primary and (ckpt.root.exists() or ckpt.root.with_name(ckpt.root.name + ".old").exists()):
         log.info("finetune: ignoring %s (another config or incomplete); starting from step 0", ckpt.root)
         ckpt.remove()
 
     # The same shortest examples at every validation, so the losses compare.
     val_rows = sorted(range(len(valid_set)), key=valid_set.itemlen)
     if lora.val_batches > 0:
-        val_rows = val_rows[: lora.val_batches * plan.batch_size]
-    val_subset = _Subset(valid_set, val_rows)
+        val_rows = val_rows[: lora.val_batches * batch]
+    val_subset = objective._Rows(valid_set, val_rows)
     loop = TrainingLoop(model=model, optimizer=optimizer, ckpt=ckpt, run_key=run_key, selection=selection,
-                        val_subset=val_subset, val_batch=min(plan.batch_size, len(val_subset)),
+                        val_subset=val_subset, val_batch=min(batch, len(val_subset)),
                         max_seq_length=lora.max_seq_length, iters=iters, start=start, validate_every=every,
                         accum=accum, steps_per_save=lora.steps_per_save, seed=lora.seed,
-                        log_metrics=log_metrics, cancel=cancel)
+                        log_metrics=log_metrics, cancel=cancel, world=world)
     if start == 0:
         loop.validate(0)  # the base model's validation loss, the curve's origin
     mx.reset_peak_memory()
-    t0 = time.perf_counter()
-    with build_dir(out_dir) as tmp:
-        args = TrainingArgs(batch_size=plan.batch_size, iters=iters - start, val_batches=lora.val_batches,
-                            steps_per_report=lora.steps_per_report, steps_per_eval=10**9,
-                            steps_per_save=10**9, adapter_file=str(tmp / "adapters.safetensors"),
-                            max_seq_length=lora.max_seq_length, grad_checkpoint=lora.grad_checkpoint,
-                            grad_accumulation_steps=accum)
+
+    def fit(adapter_file: str) -> None:
         if iters - start > 0:
+            args = TrainingArgs(batch_size=batch, iters=iters - start, val_batches=lora.val_batches,
+                                steps_per_report=lora.steps_per_report, steps_per_eval=10**9,
+                                steps_per_save=10**9, adapter_file=adapter_file,
+                                max_seq_length=lora.max_seq_length, grad_checkpoint=lora.grad_checkpoint,
+                                grad_accumulation_steps=accum)
             np.random.seed(lora.seed)
             mlx_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
                       args=args, loss=objective.loss, iterate_batches=loop.batches, training_callback=loop)
+
+    t0 = time.perf_counter()
+    if not primary:  # mlx-lm writes adapter_file on the first process only
+        fit(os.devnull)
+        return {}
+    with build_dir(out_dir) as tmp:
+        fit(str(tmp / "adapters.safetensors"))
         if loop.stopped is not None:
             saved = ckpt.root if ckpt.load_info(run_key) else None
             raise TrainingStopped(loop.saved if saved else 0, saved)
@@ -370,9 +379,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
             log.info("finetune: keeping the weights of step %d (validation score %.4g)", kept, selection.best[0])
         mx.save_safetensors(str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         training = {
-            "iters": iters, "resumed_from_step": start, "batch_size": plan.batch_size,
+            "iters": iters, "resumed_from_step": start, "batch_size": batch,
             "rank": plan.rank, "grad_accumulation_steps": accum, "max_seq_tokens": seq,
-            "dtype": lora.dtype, "trainable_params": trainable, "seconds": round(seconds, 2),
+            "dtype": lora.dtype, "workers": world.size(), "trainable_params": trainable, "seconds": round(seconds, 2),
             "estimate_gb": est_gb, "peak_memory_gb": round(peak, 3),
             "available_gb": round(available / preflight.GB, 2), "preflight_changes": list(plan.changes),
             "final": {k: round(v, 6) for k, v in loop.last.items()},

@@ -82,6 +82,45 @@ def loss(model, tokens, lengths, positions=None, valid=None):
     return ce.astype(mx.float32).sum() / ntoks, ntoks
 
 
+class _Rows:
+    """Some rows of a dataset, in mlx-lm's dataset protocol."""
+
+    def __init__(self, data, rows) -> None:
+        self.data, self.rows = data, list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.data[self.rows[i]]
+
+
+def mean_loss(model, data, batch_size: int, max_seq_length: int, num_batches: int = -1, world=None) -> float:
+    """The loss per counted token over ``data`` (its first ``num_batches`` batches; -1: all).
+    With a distributed group ``world``, each of its processes computes its share of the rows."""
+    import itertools
+
+    import mlx.core as mx
+    from mlx_lm.tuner.trainer import iterate_batches
+
+    rank, size = (world.rank(), world.size()) if world is not None else (0, 1)
+    if size > 1:
+        data = _Rows(data, range(rank, len(data), size))
+        batch_size = max(1, batch_size // size)
+    model.eval()
+    total, count = mx.array(0.0), mx.array(0)
+    if len(data):
+        batches = tighten(iterate_batches(data, min(batch_size, len(data)), max_seq_length), head(model))
+        for batch in itertools.islice(batches, None if num_batches < 0 else num_batches):
+            value, toks = loss(model, *batch)
+            total, count = total + value * toks, count + toks
+            mx.eval(total, count)
+    if size > 1:
+        total = mx.distributed.all_sum(total, group=world, stream=mx.cpu)
+        count = mx.distributed.all_sum(count, group=world, stream=mx.cpu)
+    return (total / mx.maximum(count, 1)).item()
+
+
 def batches_for(model) -> Callable:
     """mlx-lm's ``iterate_batches``, tightened for ``model`` (pass it with ``loss`` to mlx-lm's
     ``train`` or ``evaluate``)."""

@@ -15,10 +15,14 @@ class Selection:
     The score is the accuracy on the validation probes (never-trained wordings of the facts),
     the trained and the unseen ones together, so a checkpoint that learned by forgetting scores
     no better than one that learned less. Without probes, the validation loss decides.
+
+    In a data-parallel run (``world``, MLX's distributed group) each process scores its share of
+    the probes and they add up what they found, so every process keeps the same weights and
+    stops at the same step.
     """
 
     def __init__(self, probes: list[dict], tokenizer, system: str | None, patience: int | None,
-                 limit: int = 32, seed: int = 0, cancel: threading.Event | None = None) -> None:
+                 limit: int = 32, seed: int = 0, cancel: threading.Event | None = None, world=None) -> None:
         import random
 
         from components.mcq import MCQ
@@ -32,6 +36,8 @@ class Selection:
                      for s in ("trained", "unseen")}
         self.tokenizer, self.system, self.patience = tokenizer, system, patience
         self.cancel = cancel or threading.Event()
+        self.rank, self.size = (world.rank(), world.size()) if world is not None else (0, 1)
+        self.world = world
         self.best: tuple[float, int] | None = None  # (score, step)
         self.weights: dict | None = None
         self.since_best = 0
@@ -54,16 +60,37 @@ class Selection:
                 if self.cancel.is_set():
                     raise _Stopped
 
-            right = asked = 0
+            # One flag per probe (this process's share scored, the others' left at 0), and
+            # whether a stop cut this process's share short.
+            flags = {name: [0] * len(qs) for name, qs in self.sets.items()}
+            stopped = 0
             try:
                 for name, qs in self.sets.items():
-                    if qs:
+                    mine = list(range(self.rank, len(qs), self.size))
+                    stop_soon(None)
+                    if mine:
                         # Batches of 8 questions: a stop asked for mid-validation waits a second or two.
-                        rows = scoring.score(model, self.tokenizer, qs, self.system, on_question=stop_soon, batch=8)
-                        out[f"finetune/probe_{name}_accuracy"] = sum(r["correct"] for r in rows) / len(rows)
-                        right, asked = right + sum(r["correct"] for r in rows), asked + len(rows)
-            except _Stopped:  # a stop was asked for: this validation counts for nothing
+                        rows = scoring.score(model, self.tokenizer, [qs[i] for i in mine], self.system,
+                                             on_question=stop_soon, batch=8)
+                        for i, r in zip(mine, rows):
+                            flags[name][i] = int(r["correct"])
+            except _Stopped:
+                stopped = 1
+            if self.size > 1:
+                import mlx.core as mx
+
+                both = [v for name in self.sets for v in flags[name]] + [stopped]
+                both = mx.distributed.all_sum(mx.array(both), group=self.world, stream=mx.cpu).tolist()
+                stopped, at = both[-1], 0
+                for name in self.sets:
+                    flags[name], at = both[at: at + len(flags[name])], at + len(flags[name])
+            if stopped:  # a stop was asked for: this validation counts for nothing
                 return {}
+            right = asked = 0
+            for name, got in flags.items():
+                if got:
+                    out[f"finetune/probe_{name}_accuracy"] = sum(got) / len(got)
+                    right, asked = right + sum(got), asked + len(got)
             score = right / asked
         out["finetune/selection_score"] = score
         if self.best is None or score > self.best[0]:

@@ -20,11 +20,13 @@ INPUTS = ["dataset"]
 OUTPUTS = ["adapters", "export"]
 # dataset.system_prompt: the prompt the validation probes are asked in, and the one the Ollama
 # Modelfile sets (the prompt the adapters were trained with).
-CONFIG = ["model", "lora", "finetune", "cache_dir", "dataset.system_prompt"]
+CONFIG = ["model", "lora", "finetune", "cache_dir", "dataset.system_prompt", "hw.cpu_threads"]
+# The threads the training processes share: how fast, never what they write.
+NOT_FINGERPRINTED = ["hw.cpu_threads"]
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from components.training import export, lora
+    from components.training import export, lora, parallel
     from components.training.preflight import PreflightError
 
     lcfg = ctx.component("lora")
@@ -40,10 +42,10 @@ def run(ctx: StageContext) -> dict[str, float]:
         metrics = lora.training_metrics(lora.adapter_record(adapters)["training"])
     else:
         try:
-            metrics = lora.train(model_dir, ctx.path("dataset"), adapters, lcfg, prov=prov,
-                                 system=ctx.cfg.dataset.system_prompt,
-                                 log_metrics=lambda m, step: ctx.tracker.log_metrics(m, step=step),
-                                 cancel=ctx.cancel)
+            metrics = parallel.train(model_dir, ctx.path("dataset"), adapters, lcfg, prov=prov,
+                                     system=ctx.cfg.dataset.system_prompt,
+                                     log_metrics=lambda m, step: ctx.tracker.log_metrics(m, step=step),
+                                     cancel=ctx.cancel, threads=ctx.cfg.hw.cpu_threads)
         except lora.TrainingStopped as exc:
             raise Interrupted(f"finetune: {exc}") from None
         except PreflightError as exc:
