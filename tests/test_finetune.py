@@ -306,9 +306,15 @@ def test_data_parallel_training_learns_as_one_process_does(trained, tmp_path, sh
     other = 1 if ref_cfg.lora.workers > 1 else 2
     run_dir = tmp_path / "run"
     write_dataset(run_dir / "dataset")
-    rec = Recorder()
+    class OnCaller(Recorder):  # MLflow's active run belongs to the thread that started it
+        def log_metrics(self, metrics, step=None):
+            self.threads = getattr(self, "threads", set()) | {threading.get_ident()}
+            super().log_metrics(metrics, step)
+
+    rec = OnCaller()
     finetune.run(stage_ctx("finetune", run_dir, make_cfg(*TINY, f"cache_dir={shared_cache}",
                                                           f"lora.workers={other}"), rec))
+    assert rec.threads == {threading.get_ident()}
     workers = {json.loads((d / "adapters" / "adapter_config.json").read_text())["training"]["workers"]
                for d in (ref_dir, run_dir)}
     assert workers == {1, 2}

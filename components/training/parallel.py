@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -66,22 +67,19 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: lora_train.LoraC
 class _Run:
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.messages: list[dict] = []
         self.failed: int | None = None  # the first process that exited with an error
-        self.final = threading.Event()  # rank 0 has said how training ended
+        self.final: dict | None = None  # how rank 0 says training ended
+        # Rank 0's messages, handled on the caller's thread: a tracker's active run (MLflow's)
+        # belongs to the thread that started it.
+        self.inbox: queue.Queue = queue.Queue()
         self.tails = [deque(maxlen=20) for _ in range(workers)]  # each process's last stderr lines
 
-    def _read_stdout(self, stream, log_metrics) -> None:
+    def _read_stdout(self, stream) -> None:
         for line in stream:
             try:
-                msg = json.loads(line)
+                self.inbox.put(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            if "metrics" in msg:
-                log_metrics(*msg["metrics"])
-            else:
-                self.messages.append(msg)
-                self.final.set()
 
     def _read_stderr(self, rank: int, stream) -> None:
         for line in stream:
@@ -115,13 +113,12 @@ class _Run:
                     p.stdin.write(json.dumps(spec) + "\n")
                     p.stdin.flush()
                     procs.append(p)
-                readers.append(threading.Thread(target=self._read_stdout, args=(procs[0].stdout, log_metrics),
-                                                daemon=True))
+                readers.append(threading.Thread(target=self._read_stdout, args=(procs[0].stdout,), daemon=True))
                 readers += [threading.Thread(target=self._read_stderr, args=(r, p.stderr), daemon=True)
                             for r, p in enumerate(procs)]
                 for t in readers:
                     t.start()
-                self._wait(procs, cancel)
+                self._wait(procs, cancel, log_metrics)
             finally:
                 for p in procs:
                     if p.poll() is None:
@@ -129,6 +126,7 @@ class _Run:
                     p.wait()
                 for t in readers:  # at the end of the streams of processes that are gone
                     t.join(timeout=5)
+                self._handle(log_metrics, 0)  # the last lines rank 0 wrote before it went
                 for p in procs:
                     for s in (p.stdin, p.stdout, p.stderr):
                         try:
@@ -137,9 +135,22 @@ class _Run:
                             pass
         return self._result(procs)
 
-    def _wait(self, procs, cancel: threading.Event) -> None:
+    def _handle(self, log_metrics, timeout: float) -> None:
+        """Rank 0's messages so far (waiting up to ``timeout`` for the first)."""
+        try:
+            msg = self.inbox.get(timeout=timeout)
+            while True:
+                if "metrics" in msg:
+                    log_metrics(*msg["metrics"])
+                else:
+                    self.final = msg
+                msg = self.inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _wait(self, procs, cancel: threading.Event, log_metrics) -> None:
         asked = False
-        while not self.final.is_set() and procs[0].poll() is None:
+        while self.final is None and procs[0].poll() is None:
             failed = [r for r, p in enumerate(procs) if p.poll() not in (None, 0)]
             if failed:
                 self.failed = failed[0]
@@ -153,22 +164,23 @@ class _Run:
                     except OSError:
                         pass
                 asked = True
-            self.final.wait(0.2)
-        # Rank 0 has published its adapters or checkpoint: what is left of any process (its
-        # interpreter's exit, a rank still waiting on it) is of no use.
+            self._handle(log_metrics, 0.2)
+        # Rank 0 has published its adapters or checkpoint (or is gone): what is left of any
+        # process (its interpreter's exit, a rank still waiting on it) is of no use.
         deadline = time.monotonic() + 2
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._handle(log_metrics, 0)
 
     def _result(self, procs) -> dict:
-        for msg in self.messages:
-            if "done" in msg:
-                return msg["done"]
-            if "stopped" in msg:
-                step, checkpoint = msg["stopped"]
-                raise lora_train.TrainingStopped(step, Path(checkpoint) if checkpoint else None)
-            if "preflight" in msg:
-                raise PreflightError(msg["preflight"])
+        msg = self.final or {}
+        if "done" in msg:
+            return msg["done"]
+        if "stopped" in msg:
+            step, checkpoint = msg["stopped"]
+            raise lora_train.TrainingStopped(step, Path(checkpoint) if checkpoint else None)
+        if "preflight" in msg:
+            raise PreflightError(msg["preflight"])
         bad = self.failed if self.failed is not None else 0
         tail = "\n".join(self.tails[bad]) or "(no output)"
         raise RuntimeError(f"finetune: training process {bad} of {len(procs)} exited with "

@@ -110,12 +110,10 @@ def _batched(model, head, prompts: list[list[int]], conts: list[list[list[int]]]
     body = model.model if head is not None else model
     shared = _shared_prefix(prompts)
     if shared:
-        cache = [BatchKVCache([0]) for _ in range(len(model.layers))]
-        mx.eval(body(mx.array([prompts[0][:shared]]), cache=cache))
-        for c in cache:  # the one row of the shared part, a row per question
-            c.keys, c.values = (mx.repeat(a[..., :shared, :], len(prompts), axis=0) for a in (c.keys, c.values))
-            c.offset = mx.repeat(c.offset, len(prompts))
-            c.left_padding = mx.repeat(c.left_padding, len(prompts))
+        single = make_prompt_cache(model)
+        mx.eval(body(mx.array([prompts[0][:shared]]), cache=single))
+        # the one row of the shared part, a row per question
+        cache = [BatchKVCache.merge([c] * len(prompts)) for c in single]
     else:
         cache = [BatchKVCache([0] * len(prompts)) for _ in range(len(model.layers))]
     # The rest of each prompt, padded on the right; the padding then moves to the left, where

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -13,6 +14,11 @@ from pathlib import Path
 
 def main() -> int:
     spec = json.loads(sys.stdin.readline())
+    # Our messages keep stdout to themselves: what libraries print there (mlx-lm's progress
+    # table) goes to stderr, with the log.
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     from components.training import lora
     from components.training.preflight import PreflightError
@@ -32,8 +38,8 @@ def main() -> int:
 
     def emit(kind: str, value) -> None:
         with lock:
-            sys.stdout.write(json.dumps({kind: value}) + "\n")
-            sys.stdout.flush()
+            channel.write(json.dumps({kind: value}) + "\n")
+            channel.flush()
 
     try:
         result = lora.train(Path(spec["model_dir"]), Path(spec["data_dir"]), Path(spec["out_dir"]),
