@@ -6,6 +6,7 @@ llama.cpp server, real MLX LoRA training and a real MLflow store.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -47,11 +48,15 @@ def store(tmp_path_factory):
     return f"sqlite:///{d / 'mlflow.db'}"
 
 
-# The default pipeline with half an epoch of training instead of three, 16 validation probes
-# instead of 64, and one generated sample and two generated answers per model instead of three and
-# four: every stage and every check, in a sixth of the training time. What the three-epoch default
-# teaches is measured by benchmarks/knowledge.py and the README's main job (docs/recipe.md).
-TRAINING = ["lora.epochs=0.5", "lora.val_probes=16", "evaluate.samples=1", "evaluate.generative_mcq=2"]
+# The default pipeline with one epoch of training instead of three, 16 validation probes instead
+# of 64, and one generated sample and two generated answers per model instead of three and four:
+# every stage and every check in a third of the training time. The weights after the last step
+# are kept: 16 probes choose noisily (one run kept step 30 of 112 and knew nothing more), and
+# half an epoch taught too little to check (0.42 -> 0.41 mean probability of the right option).
+# What the three-epoch default teaches, with its selection, is measured by
+# benchmarks/knowledge.py and the README's main job (docs/recipe.md).
+TRAINING = ["lora.epochs=1", "lora.val_probes=16", "lora.select_best=false", "lora.early_stopping_patience=null",
+            "evaluate.samples=1", "evaluate.generative_mcq=2"]
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +110,22 @@ def test_validation_loss_fell(default_run):
 def test_the_tuned_model_knows_the_documents_better_and_says_so(default_run, store):
     run_dir, out, _ = default_run
     m = json.loads((run_dir / "metrics.json").read_text())
-    # Never-trained wordings of the trained facts, paired with the base model. Clause titles of
-    # the sample's fictional specifications are what no base model can know: they must go in.
+    # Never-trained wordings of the trained facts, paired with the base model.
     assert m["eval/your_documents_n"] >= 60 and m["eval/unseen_facts_n"] >= 20
-    assert m["eval/your_documents/spec_clause_tuned"] > m["eval/your_documents/spec_clause_base"], m
+    assert m["eval/your_documents_gain"] >= 0.05, m
+    # The probability the model gives the right option (softmax over the options' scores), on
+    # the same items: continuous, so one epoch's learning shows where ten clause titles' accuracy
+    # can miss it. Clause titles of the sample's fictional specifications are what no base model
+    # can know: they must go in.
+    rows = json.loads((run_dir / "eval.json").read_text())["sets"]["your_documents"]["rows"]
+
+    def right(model, kinds):
+        return [math.exp(r[f"{model}_scores"][r["answer"] - 1]) / sum(math.exp(v) for v in r[f"{model}_scores"])
+                for r in rows if r["category"] in kinds]
+
+    for kinds in ({"acronym", "definition", "spec_clause"}, {"spec_clause"}):
+        base, tuned = right("base", kinds), right("tuned", kinds)
+        assert sum(tuned) / len(tuned) > sum(base) / len(base) + 0.03, (kinds, base, tuned)
     assert m["eval/unseen_facts_ci_high"] > 0  # no evidence of forgetting
     assert m["eval/your_documents_ci_low"] <= m["eval/your_documents_gain"] <= m["eval/your_documents_ci_high"]
     verdict = json.loads((run_dir / "eval.json").read_text())["verdict"]

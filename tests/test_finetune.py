@@ -164,6 +164,32 @@ def test_the_optimizer_clips_the_gradients_global_norm_and_only_above_the_limit(
     assert build(compose().lora, "lora").max_grad_norm == 1.0  # the default clips
 
 
+def test_selection_keeps_the_later_weights_on_a_tie_and_stops_after_patience_worse_ones():
+    import mlx.core as mx
+
+    from components.training.selection import Selection
+
+    class Model:
+        def __init__(self, step):
+            self.step, self.loaded = step, None
+
+        def trainable_parameters(self):
+            return {"w": mx.array([float(self.step)])}
+
+        def load_weights(self, items, strict=True):
+            self.loaded = dict(items)
+
+    sel = Selection([], tokenizer=None, system=None, patience=2)  # no probes: validation loss decides
+    assert not sel.uses_probes
+    for step, loss in ((10, 1.0), (20, 1.0), (30, 1.5)):
+        sel.measure(Model(step), step, loss)
+    assert sel.best == (-1.0, 20) and not sel.stop  # the tie went to the later step
+    sel.measure(Model(40), 40, 2.0)
+    assert sel.stop  # two validations no better than step 20
+    target = Model(0)
+    assert sel.restore(target) == 20 and target.loaded["w"].item() == 20.0
+
+
 # --- real training (slow) -----------------------------------------------------------------------------
 
 TINY = ["lora.epochs=null", "lora.iters=8", "lora.max_seq_length=64", "lora.num_layers=2", "lora.batch_size=4",

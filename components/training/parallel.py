@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from components.training.preflight import PreflightError
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -83,7 +85,9 @@ class _Run:
 
     def _read_stderr(self, rank: int, stream) -> None:
         for line in stream:
-            line = line.rstrip()
+            line = _ANSI.sub("", line).rstrip()  # mlx-lm's progress table is coloured
+            if not line:
+                continue
             self.tails[rank].append(line)
             # The first process's log is the run's; the others' repeat it.
             log.log(logging.INFO if rank == 0 else logging.DEBUG, "[rank %d] %s", rank, line)
