@@ -240,8 +240,8 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     ``preflight.PreflightError`` when the run cannot fit the memory available.
 
     In a process of a data-parallel run (``parallel``, MLX's distributed group already set up),
-    this process trains its share of each batch; only the first process validates, saves and
-    publishes, and the others return ``{}``.
+    this process trains and validates its share of each batch and of the validation set; only
+    the first process reports, saves and publishes, and the others return ``{}``.
     """
     mx = import_mlx()
     import numpy as np

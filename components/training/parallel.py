@@ -5,11 +5,12 @@ Why: MLX on a CPU spends much of a step in single-threaded work between its BLAS
 processes of one thread each train about 1.5x as fast as one process of two threads (docs/recipe.md).
 On Metal one process has the whole GPU, and the hardware profile sets one worker.
 
-The first process (rank 0) does all but train beside the others: validation, checkpoints,
-early stopping, publishing the adapters. Its metrics and log lines come back to this process over
-its stdout and stderr, and a stop request goes to it over its stdin. All processes agree at each
-step whether to go on (``loop.TrainingLoop``), so they finish together; one that dies ends the
-run with its error instead of leaving the others waiting on it.
+The processes validate together, each on its share of the examples and probes; the first
+(rank 0) alone reports, saves checkpoints and publishes the adapters. Its metrics and log lines
+come back to this process over its stdout and stderr; a stop request goes to every process over
+its stdin. All processes agree at each step whether to go on (``loop.TrainingLoop``), so they
+finish together; one that dies ends the run with its error instead of leaving the others
+waiting on it.
 """
 from __future__ import annotations
 
