@@ -45,7 +45,7 @@ SPLITS = ("train", "valid", "test")
 class DatasetConfig(Settings):
     """``dataset`` group."""
 
-    system_prompt: str = "You are a telecom standards assistant. Answer precisely and concisely."
+    system_prompt: str = "Telecom standards assistant."
     format: Literal["chat", "completions", "text"] = "chat"
     exports: list[Literal["sharegpt", "alpaca"]] = Field(default_factory=lambda: ["sharegpt", "alpaca"])
     phrasings: int = Field(4, ge=1, le=7)  # training wordings per fact (both directions)

@@ -23,7 +23,7 @@ from tests.fixtures.telecom_terms import TERMS
 
 use_fast_blas()  # before mlx's first import in this process
 
-SYSTEM = "You are a telecom standards assistant. Answer precisely and concisely."
+SYSTEM = "Telecom standards assistant."
 ACRONYMS = TERMS  # our own 3GPP-style facts (no specification text)
 QA = [("Which unit hosts PDCP in a split gNB?", "The central unit hosts PDCP."),
       ("What does the site survey record first?", "The antenna height and azimuth."),

@@ -139,3 +139,21 @@ def test_building_blocks():
     assert initials_form("N3IWF", "Non-3GPP InterWorking Function".split()) == "Non-3GPP InterWorking Function"
     assert initials_form("QoS", "the Quality of Service".split()) == "Quality of Service"
     assert initials_form("RRC", "configured by upper layers".split()) is None
+
+
+def test_generated_specs_are_fictional_unique_and_stable():
+    """The fictional specifications that grow the knowledge benchmark's corpus: every invented
+    abbreviation is new (to the corpus and to the real tables), spelled by its expansion's
+    initials, and spec i is the same whatever the corpus size."""
+    from tests.fixtures import etsi_layout as E
+
+    few, many = E.generated_specs(3), E.generated_specs(40)
+    assert [(s.spec, s.abbreviations, s.terms, s.titles) for s in few] == \
+        [(s.spec, s.abbreviations, s.terms, s.titles) for s in many[:3]]
+    real = {a for a, _ in E._COMMON_ABBR + E._CORE_ABBR + E._VOCAB_ABBR}
+    invented = [(a, e) for s in many for a, e in s.abbreviations if a not in real]
+    assert len(invented) == 40 * 13 and len({a for a, _ in invented}) == len(invented)
+    assert all("".join(w[0] for w in e.split()) == a for a, e in invented)
+    assert len({t.lower() for s in many for t, _ in s.terms}) == 40 * 4
+    assert len({s.titles["5.2.1"] for s in many}) > 10  # clause titles differ from spec to spec
+    assert all(s.spec.startswith("39.") for s in many)  # a series 3GPP does not use
