@@ -531,6 +531,55 @@ def test_evaluate_compares_base_and_tuned_on_the_same_items(trained, shared_cach
 
 
 @pytest.mark.slow
+def test_evaluate_in_two_processes_finds_what_one_process_finds(trained, shared_cache):
+    from runner.stages import evaluate
+
+    run_dir = trained[0]
+    found = {}
+    for workers in (1, 2):
+        cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama", f"evaluate.workers={workers}",
+                       f"evaluate.mcq_path={REPO / 'tests' / 'data' / 'teleqna_sample.json'}")
+        evaluate.run(stage_ctx("evaluate", run_dir, cfg, TagRecorder()))
+        found[workers] = json.loads((run_dir / "eval.json").read_text())
+    one, two = found[1], found[2]
+    assert one["verdict"] == two["verdict"] and one["sets"].keys() == two["sets"].keys()
+    for name in one["sets"]:
+        for a, b in zip(one["sets"][name]["rows"], two["sets"][name]["rows"], strict=True):
+            assert (a["id"], a["base_choice"], a["tuned_choice"]) == (b["id"], b["base_choice"], b["tuned_choice"])
+            assert a["base_scores"] == pytest.approx(b["base_scores"], abs=1e-3)
+            assert a["tuned_scores"] == pytest.approx(b["tuned_scores"], abs=1e-3)
+    assert [x["tuned"] for x in one["samples"]] == [x["tuned"] for x in two["samples"]]
+    assert one["losses"]["test_loss"] == pytest.approx(two["losses"]["test_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_stop_during_evaluate_in_two_processes_ends_both_soon(trained, shared_cache):
+    import psutil
+
+    from runner.stage import Interrupted
+    from runner.stages import evaluate
+
+    cancel = threading.Event()
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama", "evaluate.workers=2")
+    ctx = stage_ctx("evaluate", trained[0], cfg, TagRecorder(), cancel=cancel)
+    threading.Timer(2.0, cancel.set).start()
+    t0 = time.perf_counter()
+    with pytest.raises(Interrupted, match="stopped on request"):
+        evaluate.run(ctx)
+    assert time.perf_counter() - t0 < 15
+    assert not psutil.Process().children(recursive=True)
+
+
+def test_a_measuring_process_that_fails_names_its_model(tmp_path):
+    from components.training import measure
+
+    spec = {"name": "the tuned model", "model_dir": str(tmp_path / "no-such-model")}
+    with pytest.raises(measure.MeasureError, match="the tuned model exited with 1") as err:
+        measure.measure_both([spec], lambda n: None, threading.Event())
+    assert "Traceback" in str(err.value)
+
+
+@pytest.mark.slow
 def test_ask_answers_with_base_and_tuned_side_by_side(trained, capsys, tmp_path):
     from runner import ask
 

@@ -105,7 +105,11 @@ def load(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = N
     import_mlx()
     from mlx_lm import load as mlx_load
 
-    return mlx_load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None, lazy=lazy)
+    from components.training import fastmath
+
+    model, tokenizer = mlx_load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None, lazy=lazy)
+    fastmath.install(model)
+    return model, tokenizer
 
 
 def _cache_dataset_class():

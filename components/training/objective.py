@@ -66,8 +66,9 @@ def loss(model, tokens, lengths, positions=None, valid=None):
     """mlx-lm's default loss (mean cross-entropy over the counted targets, and their count),
     projecting onto the vocabulary only at ``positions`` when they are given."""
     import mlx.core as mx
-    import mlx.nn as nn
     from mlx_lm.tuner.trainer import default_loss
+
+    from components.training import fastmath
 
     if positions is None:
         return default_loss(model, tokens, lengths)
@@ -77,7 +78,7 @@ def loss(model, tokens, lengths, positions=None, valid=None):
     picked = mx.take_along_axis(targets, positions, axis=1)
     steps = positions + 1
     mask = valid & (steps >= lengths[:, 0:1]) & (steps <= lengths[:, 1:])
-    ce = nn.losses.cross_entropy(logits, picked) * mask
+    ce = fastmath.cross_entropy(logits, picked) * mask
     ntoks = mask.sum()
     return ce.astype(mx.float32).sum() / ntoks, ntoks
 

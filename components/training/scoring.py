@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from components.mcq import MCQ
+from components.training import fastmath
 from components.training.objective import head as _head
 
 
@@ -29,7 +30,7 @@ def _logprobs(logits):
     import mlx.core as mx
 
     logits = logits.astype(mx.float32)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return logits - fastmath.logsumexp(logits, axis=-1, keepdims=True)
 
 
 def one_by_one(model, head, prompts: list[list[int]], conts: list[list[list[int]]]) -> list[list[float]]:
@@ -76,7 +77,7 @@ def _option_pass(model, head, cache, rows: list[tuple[int, list[int]]]) -> list[
         h = model.model(mx.array(y), cache=sub) if head is not None else model(mx.array(y), cache=sub)
         h = h.reshape(len(take) * rest, h.shape[-1])[mx.array(flat)]
         logits = (head(h) if head is not None else h).astype(mx.float32)
-        got = mx.take_along_axis(logits, mx.array(tgt)[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+        got = mx.take_along_axis(logits, mx.array(tgt)[:, None], axis=-1)[:, 0] - fastmath.logsumexp(logits, axis=-1)
         got = np.array(got)
         at = 0
         for i in take:

@@ -28,35 +28,9 @@ log = logging.getLogger(__name__)
 
 INPUTS = ["dataset", "adapters"]
 OUTPUTS = ["eval.json"]
-CONFIG = ["model", "lora", "evaluate", "cache_dir", "dataset.system_prompt"]
-
-
-def _generate(lora, model, tok, prompts, max_tokens, cancel, progress) -> list[str]:
-    if cancel.is_set():
-        raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
-    out = lora.generate_answers(model, tok, prompts, max_tokens)
-    progress.advance(len(prompts))
-    return out
-
-
-def _measure(lora, scoring, model, tok, data, sets, samples, generative, cfg, lcfg, system, cancel) -> dict:
-    """Everything measured on one model (base, then the same model with adapters)."""
-    res: dict = {"sets": {}}
-    questions = sum(len(qs) for qs in sets.values())
-    with Progress("evaluate", questions + len(samples) + len(generative), unit="answers") as progress:
-        for name, qs in sets.items():
-            if cancel.is_set():
-                raise Interrupted("evaluate: stopped on request; a rerun evaluates again")
-            res["sets"][name] = scoring.score(model, tok, qs, system, on_question=progress.advance)
-        ds = lora.dataset(data / "test.jsonl", tok, lcfg.mask_prompt)
-        if len(ds):
-            res["test_loss"] = lora.loss(model, ds, lcfg.batch_size, lcfg.max_seq_length)
-            res["test_ppl"] = lora.perplexity(res["test_loss"])
-        res["samples"] = _generate(lora, model, tok, [r["messages"][:-1] for r in samples], cfg.max_tokens,
-                                   cancel, progress)
-        res["generative"] = score_generated(generative, _generate(
-            lora, model, tok, [q.messages() for q in generative], cfg.mcq_max_tokens, cancel, progress))
-    return res
+CONFIG = ["model", "lora", "evaluate", "cache_dir", "dataset.system_prompt", "hw.cpu_threads"]
+# The processes measuring the two models and their threads: how fast, never what they find.
+NOT_FINGERPRINTED = ["evaluate.workers", "hw.cpu_threads"]
 
 
 def _by(rows_b: list[dict], rows_t: list[dict], key: str, resamples: int, seed: int) -> dict[str, dict]:
@@ -70,7 +44,7 @@ def _by(rows_b: list[dict], rows_t: list[dict], key: str, resamples: int, seed: 
 
 def run(ctx: StageContext) -> dict[str, float]:
     from components.training import evaluation as ev
-    from components.training import lora, scoring
+    from components.training import lora
 
     cfg, lcfg = ctx.component("evaluate"), ctx.component("lora")
     adapters, data = ctx.path("adapters"), ctx.path("dataset")
@@ -100,20 +74,32 @@ def run(ctx: StageContext) -> dict[str, float]:
     samples = read_jsonl(data / "test.jsonl")[: cfg.samples]
     generative = sets.get("your_documents", [])[: cfg.generative_mcq]
 
-    mx = lora.import_mlx()  # before any other mlx import: the fast BLAS must load first
-    from mlx_lm.tuner.utils import load_adapters
+    from components.training import measure
 
+    spec = {"model_dir": str(mdir), "dtype": lcfg.dtype, "seed": cfg.seed, "system": system,
+            "sets": {k: measure.spec_questions(v) for k, v in sets.items()},
+            "test_path": str(data / "test.jsonl"), "mask_prompt": lcfg.mask_prompt,
+            "batch_size": lcfg.batch_size, "max_seq_length": lcfg.max_seq_length,
+            "samples": [r["messages"][:-1] for r in samples], "max_tokens": cfg.max_tokens,
+            "generative": measure.spec_questions(generative), "mcq_max_tokens": cfg.mcq_max_tokens}
+    specs = [{**spec, "name": "the base model", "adapters": None},
+             {**spec, "name": "the tuned model", "adapters": str(adapters)}]
+    per_model = sum(len(qs) for qs in sets.values()) + len(samples) + len(generative)
     t0 = time.perf_counter()
-    model, tok = lora.load(mdir)
-    if lcfg.dtype != "float32":
-        model.set_dtype(getattr(mx, lcfg.dtype))
-    model.eval()
-    mx.random.seed(cfg.seed)
-    args = (lora, scoring, model, tok, data, sets, samples, generative, cfg, lcfg, system, ctx.cancel)
-    base = _measure(*args)
-    load_adapters(model, str(adapters))
-    model.eval()
-    tuned = _measure(*args)
+    with Progress("evaluate", 2 * per_model, unit="answers") as progress:
+        try:
+            if cfg.workers > 1:
+                log.info("evaluate: the base and the tuned model measured at once, in two processes")
+                base, tuned = measure.measure_both(specs, progress.advance, ctx.cancel,
+                                                   threads=max(1, (ctx.cfg.hw.cpu_threads or 2) // 2))
+            else:
+                base, tuned = (measure.measure(s, progress.advance, ctx.cancel) for s in specs)
+        except measure.Stopped:
+            raise Interrupted("evaluate: stopped on request; a rerun evaluates again") from None
+        except measure.MeasureError as exc:
+            raise StageError(f"evaluate: {exc}") from None
+    for res in (base, tuned):
+        res["generative"] = score_generated(generative, res["generative"])
     seconds = time.perf_counter() - t0
 
     def r4(x):
