@@ -37,7 +37,6 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
     """The measurements of one model, as JSON-able values (``sets``: scored rows per set;
     ``test_loss``/``test_ppl`` when there is a test split; ``samples`` and ``generative``: the
     generated texts)."""
-    from components.mcq import MCQ
     from components.training import lora, scoring
 
     cancel = cancel or threading.Event()
@@ -65,13 +64,13 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
             check()
             advance(n)
 
-        out["sets"][name] = scoring.score(model, tok, [MCQ(**q) for q in qs], system, on_question=step)
+        out["sets"][name] = scoring.score(model, tok, [_question(q) for q in qs], system, on_question=step)
     ds = lora.dataset(Path(spec["test_path"]), tok, spec["mask_prompt"])
     if len(ds):
         out["test_loss"] = lora.loss(model, ds, spec["batch_size"], spec["max_seq_length"])
         out["test_ppl"] = lora.perplexity(out["test_loss"])
     for key, prompts, max_tokens in (("samples", spec["samples"], spec["max_tokens"]),
-                                     ("generative", [MCQ(**q).messages() for q in spec["generative"]],
+                                     ("generative", [_question(q).messages() for q in spec["generative"]],
                                       spec["mcq_max_tokens"])):
         check()
         out[key] = lora.generate_answers(model, tok, prompts, max_tokens)
@@ -82,6 +81,12 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
 def spec_questions(questions) -> list[dict]:
     """MCQs as a spec holds them."""
     return [{**asdict(q), "options": list(q.options)} for q in questions]
+
+
+def _question(q: dict):
+    from components.mcq import MCQ
+
+    return MCQ(**{**q, "options": tuple(q["options"])})
 
 
 def measure_both(specs: list[dict], advance: Callable[[int], None], cancel: threading.Event,

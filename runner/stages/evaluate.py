@@ -8,7 +8,8 @@ p, per set and per kind or category. From them a verdict (report headline, MLflo
 and tag) and ``eval/knowledge_score``, what sweeps maximise. Secondary: validation and test
 loss with perplexity, a few generated answers, and generated multiple choice on a small sample
 (strict and lenient parsing). ``eval.json`` holds it all. Adapters made under another
-lora/model config or another dataset are refused.
+lora/model config or another dataset are refused. On a CPU the two models are measured at once,
+each in a process of its own (``evaluate.workers``, ``components/training/measure.py``).
 """
 from __future__ import annotations
 
