@@ -32,7 +32,7 @@ class EvaluateConfig(Settings):
     max_tokens: int = Field(32, ge=1)
     bootstrap_resamples: int = Field(2000, ge=100)
     seed: int = 0
-    workers: int = Field(1, ge=1, le=2)  # 2: base and tuned measured at once, each in a process of one thread
+    workers: int = Field(1, ge=1, le=2)  # 2: base and tuned measured at once, each in a process with its share of the threads
 
 
 def token_f1(pred: str, gold: str) -> float:

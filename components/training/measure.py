@@ -12,7 +12,6 @@ a line ``stop`` arrives on stdin (or stdin closes).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[2]
+from components.training import child
 
 
 class Stopped(Exception):
@@ -41,9 +40,13 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
 
     cancel = cancel or threading.Event()
 
-    def check(_=None) -> None:
+    def check() -> None:
         if cancel.is_set():
             raise Stopped
+
+    def step(n: int) -> None:
+        check()
+        advance(n)
 
     mx = lora.import_mlx()
     model, tok = lora.load(spec["model_dir"])
@@ -59,11 +62,6 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
     out: dict = {"sets": {}}
     for name, qs in spec["sets"].items():
         check()
-
-        def step(n: int) -> None:
-            check()
-            advance(n)
-
         out["sets"][name] = scoring.score(model, tok, [_question(q) for q in qs], system, on_question=step)
     ds = lora.dataset(Path(spec["test_path"]), tok, spec["mask_prompt"])
     if len(ds):
@@ -94,8 +92,6 @@ def measure_both(specs: list[dict], advance: Callable[[int], None], cancel: thre
     """``measure`` of each spec, each in its own process of ``threads`` threads, all at once.
     Raises ``Stopped`` when ``cancel`` is set first (the processes are told to stop, then ended)
     and ``MeasureError`` when one fails."""
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="measure-") as tmp:
         procs, outs, errs = [], [], []
@@ -103,10 +99,7 @@ def measure_both(specs: list[dict], advance: Callable[[int], None], cancel: thre
             path, out = Path(tmp) / f"spec{i}.json", Path(tmp) / f"out{i}.json"
             path.write_text(json.dumps(spec))
             err = open(Path(tmp) / f"err{i}.txt", "w+")
-            # A session of their own: a Ctrl-C reaches this process, which stops them in order.
-            procs.append(subprocess.Popen([sys.executable, "-m", "components.training.measure", str(path), str(out)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                                          env=env, cwd=ROOT, start_new_session=True))
+            procs.append(child.start("components.training.measure", [str(path), str(out)], threads, stderr=err))
             outs.append(out)
             errs.append(err)
 
@@ -122,8 +115,7 @@ def measure_both(specs: list[dict], advance: Callable[[int], None], cancel: thre
         try:
             while any(p.poll() is None for p in procs):
                 if cancel.wait(0.2):
-                    for p in procs:
-                        _tell(p, "stop\n")
+                    child.ask_to_stop(procs)
                     for p in procs:
                         try:
                             p.wait(timeout=10)
@@ -149,30 +141,12 @@ def measure_both(specs: list[dict], advance: Callable[[int], None], cancel: thre
                 e.close()
 
 
-def _tell(p: subprocess.Popen, text: str) -> None:
-    try:
-        p.stdin.write(text)
-        p.stdin.flush()
-    except (BrokenPipeError, OSError, ValueError):
-        pass
-
-
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     out_path = Path(sys.argv[2])
-    # Our messages keep stdout to themselves: what libraries print goes to stderr.
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    channel = child.channel()
     cancel = threading.Event()
-
-    def listen() -> None:
-        for line in sys.stdin:
-            if line.strip() == "stop":
-                break
-        cancel.set()  # asked to stop, or the parent is gone
-
-    threading.Thread(target=listen, daemon=True).start()
+    child.stop_on_stdin(cancel)
 
     def advance(n: int) -> None:
         channel.write(f"advance {n}\n")

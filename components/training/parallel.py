@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,11 +28,11 @@ from pathlib import Path
 from typing import Callable
 
 from components.hardware import detect
+from components.training import child
 from components.training import lora as lora_train
 from components.training.preflight import PreflightError
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[2]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -103,18 +101,13 @@ class _Run:
         with tempfile.TemporaryDirectory(prefix="mlx-ring-") as tmp:
             hostfile = Path(tmp) / "hosts.json"
             hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in _free_ports(self.workers)]))
-            env = {**os.environ, "MLX_HOSTFILE": str(hostfile), "OPENBLAS_NUM_THREADS": str(threads),
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
             log.info("finetune: %d data-parallel processes of %d thread(s) each", self.workers, threads)
             procs: list[subprocess.Popen] = []
             readers: list[threading.Thread] = []
             try:
                 for rank in range(self.workers):
-                    # A session of their own: a Ctrl-C reaches this process, which stops them in order.
-                    p = subprocess.Popen([sys.executable, "-m", "components.training.worker"],
-                                         env={**env, "MLX_RANK": str(rank)}, cwd=str(ROOT), text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, start_new_session=True)
+                    p = child.start("components.training.worker", [], threads, stderr=subprocess.PIPE,
+                                    env={"MLX_HOSTFILE": str(hostfile), "MLX_RANK": str(rank)})
                     p.stdin.write(json.dumps(spec) + "\n")
                     p.stdin.flush()
                     procs.append(p)
@@ -162,12 +155,7 @@ class _Run:
                 return  # rank 0 would wait for it for ever: _result reports it
             if cancel.is_set() and not asked:
                 # All of them: one busy validating its share would keep the others waiting.
-                for p in procs:
-                    try:
-                        p.stdin.write("stop\n")
-                        p.stdin.flush()
-                    except OSError:
-                        pass
+                child.ask_to_stop(procs)
                 asked = True
             self._handle(log_metrics, 0.2)
         # Rank 0 has published its adapters or checkpoint (or is gone): what is left of any

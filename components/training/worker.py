@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 from pathlib import Path
@@ -14,11 +13,10 @@ from pathlib import Path
 
 def main() -> int:
     spec = json.loads(sys.stdin.readline())
-    # Our messages keep stdout to themselves: what libraries print there (mlx-lm's progress
-    # table) goes to stderr, with the log.
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    from components.training import child
+
+    # What libraries print (mlx-lm's progress table) goes to stderr, with the log.
+    channel = child.channel()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     from components.training import lora
     from components.training.preflight import PreflightError
@@ -26,14 +24,7 @@ def main() -> int:
     mx = lora.import_mlx()
     world = mx.distributed.init(backend="ring", strict=True)
     cancel = threading.Event()
-
-    def listen() -> None:
-        for line in sys.stdin:
-            if line.strip() == "stop":
-                cancel.set()
-        cancel.set()  # the parent is gone: stop at the next step, keeping a checkpoint
-
-    threading.Thread(target=listen, daemon=True).start()
+    child.stop_on_stdin(cancel)  # stops at the next step, keeping a checkpoint
     lock = threading.Lock()
 
     def emit(kind: str, value) -> None:

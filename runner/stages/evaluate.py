@@ -92,7 +92,7 @@ def run(ctx: StageContext) -> dict[str, float]:
             if cfg.workers > 1:
                 log.info("evaluate: the base and the tuned model measured at once, in two processes")
                 base, tuned = measure.measure_both(specs, progress.advance, ctx.cancel,
-                                                   threads=max(1, (ctx.cfg.hw.cpu_threads or 2) // 2))
+                                                   threads=max(1, (ctx.cfg.hw.cpu_threads or 2) // cfg.workers))
             else:
                 base, tuned = (measure.measure(s, progress.advance, ctx.cancel) for s in specs)
         except measure.Stopped:
