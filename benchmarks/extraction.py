@@ -92,8 +92,8 @@ def run_mode(mode: str, extra: list[str], tmp: Path) -> dict:
                 "model_qa_grounded_rate": m["extract/qa_grounded_rate"],
                 "json_valid_rate": m["extract/json_valid_rate"],
                 "schema_valid_rate": m["extract/schema_valid_rate"],
-                "model_acronym_precision": m["extract/acronym_precision"],
-                "model_acronym_recall": m["extract/acronym_recall"],
+                "model_acronym_precision": m.get("extract/acronym_precision"),
+                "model_acronym_recall": m.get("extract/acronym_recall"),
                 "chunks_per_min": m["extract/chunks_per_min"], "server_start_s": round(start_s, 2),
                 "requests": int(m.get("extract/usage_requests", 0)),
                 "chunks": int(m["extract/chunks"]), "skipped": int(m.get("extract/skipped", 0))})

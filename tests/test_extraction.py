@@ -35,7 +35,7 @@ def test_schema_is_valid_inline_and_matches_the_model():
     assert schema["properties"]["qa"]["maxItems"] == 3
     assert schema["properties"]["entities"]["items"]["properties"]["type"]["enum"] == X.ENTITY_TYPES
     jsonschema.validate(GOOD, schema)
-    jsonschema.validate(json.loads(X._EXAMPLE_OUT), schema)
+    jsonschema.validate(X.EXAMPLE_OUT, schema)
     Extraction.model_validate(GOOD)
     bad = {**GOOD, "entities": [{"name": "AMF", "type": "vegetable"}]}
     with pytest.raises(jsonschema.ValidationError):
@@ -151,7 +151,7 @@ def test_a_chunk_keeps_only_what_it_supports_and_says_where_each_item_came_from(
                                  {"question": "What is the default value of T300?",
                                   "answer": "1000 ms", "evidence": "its default value is 1000 ms"}]}
     ex = extractor([reply, {"answer": "RRC connection establishment"}, {"answer": "unknown"},
-                    {"answer": "2 seconds"}])
+                    {"answer": "2 seconds"}], ask=list(X.FIELDS))
     rec = ex(CHUNK, "key")
     llm = rec["llm"]
     assert rec["status"] == "ok" and rec["failure"] is None
@@ -172,6 +172,28 @@ def test_a_chunk_keeps_only_what_it_supports_and_says_where_each_item_came_from(
     assert m["extract/acronym_precision"] == 0.5 and m["extract/acronym_recall"] == 0.5
     assert m["extract/spec_ref_recall"] == 0.5 and m["extract/spec_ref_precision"] == round(1 / 3, 4)
     assert m["extract/entities_timer"] == 1 and m["extract/acronyms_rule"] == 2
+
+
+def test_hybrid_asks_the_model_only_for_what_rules_cannot_find():
+    ex = extractor([{**GOOD, "acronyms": [{"acronym": "UE", "expansion": "User Entity"}]},
+                    {"answer": "RRC connection establishment"}, {"answer": "unknown"}])
+    assert ex.cfg.fields == ("entities", "summary", "qa")
+    assert list(ex.schema["properties"]) == ex.schema["required"] == ["entities", "summary", "qa"]
+    rec = ex(CHUNK, "key")
+    system, example = ex.service.asked[0][0]["content"], json.loads(ex.service.asked[0][2]["content"])
+    assert "summary:" in system and "acronyms:" not in system and "spec_refs:" not in system
+    assert list(example) == ["entities", "summary", "qa"]
+    jsonschema.validate(example, ex.schema)
+    # An unconstrained server's extra field is not taken: the glossary's expansion stands.
+    assert list(rec["llm"]["proposed"]) == ["entities", "summary", "qa"] and rec["llm"]["acronyms"] == []
+    assert {(a["acronym"], a["expansion"]) for a in rec["result"]["acronyms"]} == {
+        ("RRC", "Radio Resource Control"), ("UE", "User Equipment")}
+    m = quality([rec], GLOSSARY, {"d#1": TEXT})
+    assert "extract/acronym_precision" not in m and "extract/spec_ref_recall" not in m
+    # The model alone is asked for everything; an explicit list wins over either default.
+    assert ExtractionConfig(extractor="llm").fields == X.FIELDS
+    assert ExtractionConfig(ask=["qa", "acronyms"]).fields == ("acronyms", "qa")
+    assert X.request_template(("qa",)) != X.request_template()
 
 
 def test_a_question_answerable_without_the_chunk_is_dropped():
@@ -239,7 +261,9 @@ def test_a_stop_request_between_requests_abandons_the_chunk():
 def test_the_request_template_changes_with_any_prompt_wording(monkeypatch):
     # The extraction request key hashes it: an edited example or message reuses no stale record.
     before = json.dumps(X.request_template())
-    for name, edit in (("_EXAMPLE_IN", X._EXAMPLE_IN + " edited"), ("SYSTEM_PROMPT", X.SYSTEM_PROMPT + " edited")):
+    for name, edit in (("_EXAMPLE_IN", X._EXAMPLE_IN + " edited"), ("SYSTEM_PROMPT", X.SYSTEM_PROMPT + " edited"),
+                       ("_ASKS", {**X._ASKS, "qa": "qa: edited"}),
+                       ("EXAMPLE_OUT", {**X.EXAMPLE_OUT, "summary": "edited"})):
         with monkeypatch.context() as m:
             m.setattr(X, name, edit)
             assert json.dumps(X.request_template()) != before, name
@@ -282,7 +306,7 @@ def test_a_record_of_another_shape_is_named_and_a_resume_asks_its_chunk_again(tm
 def test_a_repeated_entity_or_acronym_is_kept_once_and_counted():
     repeated = {**GOOD, "entities": GOOD["entities"] + [{"name": "T300", "type": "timer"}] * 3,
                 "acronyms": GOOD["acronyms"] * 2}
-    rec = extractor([repeated, {"answer": "RRC connection establishment"}, {"answer": "x"}])(CHUNK, "key")
+    rec = extractor([repeated, {"answer": "RRC connection establishment"}, {"answer": "x"}], ask=list(X.FIELDS))(CHUNK, "key")
     assert [e["name"] for e in rec["llm"]["entities"]] == ["T300", "RRC"]
     assert [a["acronym"] for a in rec["llm"]["acronyms"]] == ["RRC"]
     assert rec["llm"]["dropped"]["duplicate_entity"] == 3 and rec["llm"]["dropped"]["duplicate_acronym"] == 1

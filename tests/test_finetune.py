@@ -190,6 +190,23 @@ def test_selection_keeps_the_later_weights_on_a_tie_and_stops_after_patience_wor
     assert sel.restore(target) == 20 and target.loaded["w"].item() == 20.0
 
 
+def test_validation_is_spread_over_the_run_and_never_repeats_just_before_the_last_step():
+    from components.training.loop import validates
+
+    def schedule(iters, every, report=5):
+        last, out = 0, []
+        for step in [*range(report, iters, report), iters]:
+            if validates(step, last, every, iters):
+                out.append(step)
+                last = step
+        return out
+
+    # 224 steps of the default run, validation every 55: not again at 220 before 224.
+    assert schedule(224, 55) == [55, 110, 165, 224]
+    assert schedule(8, 4, report=2) == [4, 8]
+    assert schedule(112, 30) == [30, 60, 90, 112]
+
+
 # --- real training (slow) -----------------------------------------------------------------------------
 
 TINY = ["lora.epochs=null", "lora.iters=8", "lora.max_seq_length=64", "lora.num_layers=2", "lora.batch_size=4",

@@ -23,6 +23,7 @@ from components.llm.record import ExtractionRecord, Result
 from components.training.evaluation import token_f1
 
 RULE = "rule"
+_NOTHING = X.Extraction().model_dump()  # a reply's fields the model was not asked for
 
 
 class Cancelled(Exception):
@@ -44,7 +45,7 @@ class ChunkExtractor:
 
     def __post_init__(self) -> None:
         self.schema = X.json_schema(self.cfg.max_acronyms, self.cfg.max_spec_refs,
-                                    self.cfg.qa_per_chunk, self.cfg.max_entities)
+                                    self.cfg.qa_per_chunk, self.cfg.max_entities, self.cfg.fields)
         self.answer_schema = X.answer_schema()
         self._empty = rules.Glossary([])
 
@@ -106,7 +107,7 @@ class ChunkExtractor:
         g = self.glossaries.get(chunk["doc_id"], self._empty)
         # hybrid tells the model what the glossary knows; llm measures the model alone.
         known = rec["rules"]["acronyms"] if self.cfg.extractor == "hybrid" else []
-        messages = X.messages_for(chunk, rec["spec"], rec["rules"]["release"], known)
+        messages = X.messages_for(chunk, rec["spec"], rec["rules"]["release"], known, self.cfg.fields)
         usage: Counter = Counter()
         out: dict[str, Any] = {"service": getattr(self.service, "name", None),
                                "model": self.model_name(), "attempts": 0}
@@ -133,8 +134,9 @@ class ChunkExtractor:
             out["usage"] = dict(usage)
             return out
         out.pop("raw", None)
-        out["proposed"] = parsed.data
-        out.update(self._judge(parsed.data, chunk["text"], g, usage))
+        # What was asked for (a field the schema left out is not the model's empty answer).
+        out["proposed"] = {f: parsed.data[f] for f in self.cfg.fields}
+        out.update(self._judge({**_NOTHING, **out["proposed"]}, chunk["text"], g, usage))
         out["usage"] = dict(usage)
         return out
 
@@ -306,7 +308,7 @@ def quality(records: list[ExtractionRecord], glossaries: dict[str, rules.Glossar
         p = llm["proposed"]
         for reason, n in (llm.get("dropped") or {}).items():
             m[f"dropped_{reason}"] += n
-        m["items_proposed"] += len(p["entities"]) + len(p["acronyms"]) + len(p["spec_refs"]) + len(p["qa"])
+        m["items_proposed"] += sum(len(p.get(k, [])) for k in ("entities", "acronyms", "spec_refs", "qa"))
         m["items_grounded"] += (len(llm["entities"]) + len(llm["acronyms"]) + len(llm["spec_refs"])
                                 + llm["qa_grounded"])
         m["qa_proposed"] += llm["qa_proposed"]
@@ -314,32 +316,38 @@ def quality(records: list[ExtractionRecord], glossaries: dict[str, rules.Glossar
         m["qa_verified"] += len(llm["qa"])
         g = glossaries.get(rec["doc_id"])
         text = texts.get(rec["chunk_id"], "")
-        truth = _pairs(g.acronyms_in(text)) if g else set()
-        said = _pairs(p["acronyms"])
-        m["acr_said"] += len(said)
-        m["acr_truth"] += len(truth)
-        m["acr_hit"] += len(said & truth)
-        truth_refs = set(rules.spec_refs(rules.body_text(text)))
-        said_refs = {rules.normalise_ref(x) or f"?{x}" for x in p["spec_refs"]}
-        m["ref_said"] += len(said_refs)
-        m["ref_truth"] += len(truth_refs)
-        m["ref_hit"] += len(said_refs & truth_refs)
+        if "acronyms" in p:  # the model's own, against the glossary
+            truth = _pairs(g.acronyms_in(text)) if g else set()
+            said = _pairs(p["acronyms"])
+            m["acr_asked"] += 1
+            m["acr_said"] += len(said)
+            m["acr_truth"] += len(truth)
+            m["acr_hit"] += len(said & truth)
+        if "spec_refs" in p:
+            truth_refs = set(rules.spec_refs(rules.body_text(text)))
+            said_refs = {rules.normalise_ref(x) or f"?{x}" for x in p["spec_refs"]}
+            m["ref_asked"] += 1
+            m["ref_said"] += len(said_refs)
+            m["ref_truth"] += len(truth_refs)
+            m["ref_hit"] += len(said_refs & truth_refs)
 
     def rate(a: str, b: str) -> float:
         return round(m[a] / m[b], 4) if m[b] else 0.0
 
     out = {f"extract/{k}": float(v) for k, v in m.items()
-           if k not in ("acr_said", "acr_truth", "acr_hit", "ref_said", "ref_truth", "ref_hit")}
+           if not k.startswith(("acr_", "ref_"))}
+    if m["acr_asked"]:  # measured only where the model was asked for them
+        out.update({"extract/acronym_precision": rate("acr_hit", "acr_said"),
+                    "extract/acronym_recall": rate("acr_hit", "acr_truth")})
+    if m["ref_asked"]:
+        out.update({"extract/spec_ref_precision": rate("ref_hit", "ref_said"),
+                    "extract/spec_ref_recall": rate("ref_hit", "ref_truth")})
     out.update({
         "extract/json_valid_rate": rate("json_valid", "sent"),
         "extract/schema_valid_rate": rate("schema_valid", "sent"),
         "extract/grounded_rate": rate("items_grounded", "items_proposed"),
         "extract/qa_grounded_rate": rate("qa_grounded", "qa_proposed"),
         "extract/qa_keep_rate": rate("qa_verified", "qa_proposed"),
-        "extract/acronym_precision": rate("acr_hit", "acr_said"),
-        "extract/acronym_recall": rate("acr_hit", "acr_truth"),
-        "extract/spec_ref_precision": rate("ref_hit", "ref_said"),
-        "extract/spec_ref_recall": rate("ref_hit", "ref_truth"),
         "extract/transient_failures": float(m["transient_failures"]),
         "extract/final_failures": float(m["final_failures"]),
     })

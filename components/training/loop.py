@@ -23,6 +23,13 @@ from components.training.checkpoint import Checkpoint
 from components.training.selection import Selection
 
 
+def validates(step: int, last: int, every: int, iters: int) -> bool:
+    """Whether report step ``step`` validates, the last one having been at ``last``. The final
+    step always does; one due less than half an interval before it would score nearly the same
+    weights again (at 220 of 224, say) for the price of a whole validation."""
+    return step == iters or (step - last >= every and iters - step >= every / 2)
+
+
 class TrainingLoop(TrainingCallback):
     def __init__(self, *, model, optimizer, ckpt: Checkpoint, run_key: str, selection: Selection,
                  val_subset, val_batch: int, max_seq_length: int, iters: int, start: int,
@@ -67,7 +74,7 @@ class TrainingLoop(TrainingCallback):
                   "finetune/trained_tokens": info["trained_tokens"],
                   "finetune/peak_memory_gb": info["peak_memory"]}, step)
         # Validation on report steps, so both curves share their steps.
-        if step == self.iters or step - self.last_val >= self.every:
+        if validates(step, self.last_val, self.every, self.iters):
             self.validate(step)
             if self.selection.stop and step < self.iters:
                 self.early = step

@@ -149,7 +149,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     # Records are only reusable for the same request: extractor, prompt, schema, checks, service.
     asked = ex.model_dump(exclude={"concurrency", "max_chunks", "progress_every_s"})
-    request_key = _sha([asked, X.request_template(), extractor.schema,
+    request_key = _sha([asked, X.request_template(ex.fields), extractor.schema,
                         _asking(OmegaConf.to_container(ctx.cfg.service, resolve=False))
                         if ex.extractor != "rules" else None])
     final, partial = ctx.path("extractions.jsonl"), ctx.path(PARTIAL)
