@@ -243,7 +243,10 @@ def test_multirun_sweep_is_one_mlflow_run_per_job(default_run, store, tmp_path):
         last = json.loads((sweep / job / ".state" / "last_run.json").read_text())
         # Upstream work is shared through the stage cache; only training and evaluation run.
         assert last["extract"]["status"] == "cached" and last["finetune"]["status"] == "ran"
-        assert "eval/knowledge_score" in json.loads((sweep / job / "metrics.json").read_text())
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert "eval/knowledge_score" in metrics
+        # The second job asks the base model the same questions: measured once, in the first.
+        assert metrics["eval/base_reused"] == float(job == "1")
 
 
 def test_no_secret_reaches_logs_params_or_artifacts(tmp_path, store):

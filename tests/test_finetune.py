@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -556,7 +557,7 @@ def test_evaluate_in_two_processes_finds_what_one_process_finds(trained, shared_
     for workers in (1, 2):
         # A few items of each kind are enough to compare the two ways; every probe is scored elsewhere.
         cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama", f"evaluate.workers={workers}",
-                       "evaluate.max_probes=6", "evaluate.samples=1", "evaluate.generative_mcq=1",
+                       "evaluate.reuse_base=false", "evaluate.max_probes=6", "evaluate.samples=1", "evaluate.generative_mcq=1",
                        f"evaluate.mcq_path={REPO / 'tests' / 'data' / 'teleqna_sample.json'}")
         evaluate.run(stage_ctx("evaluate", run_dir, cfg, TagRecorder()))
         found[workers] = json.loads((run_dir / "eval.json").read_text())
@@ -572,6 +573,37 @@ def test_evaluate_in_two_processes_finds_what_one_process_finds(trained, shared_
 
 
 @pytest.mark.slow
+def test_the_base_model_is_measured_once_for_runs_that_ask_the_same(trained, shared_cache, tmp_path, monkeypatch):
+    from components.training import measure
+    from runner.stages import evaluate
+
+    asked = []
+    real = measure.measure
+    monkeypatch.setattr(measure, "measure", lambda spec, *a: asked.append(spec["name"]) or real(spec, *a))
+    cache = tmp_path / "cache"
+    shutil.copytree(shared_cache / "models", cache / "models")  # the converted base model
+
+    def run(*extra):
+        asked.clear()
+        cfg = make_cfg(*TINY, f"cache_dir={cache}", "finetune.export=ollama", "evaluate.workers=1",
+                       "evaluate.max_probes=3", "evaluate.samples=1", "evaluate.generative_mcq=1", *extra)
+        m = evaluate.run(stage_ctx("evaluate", trained[0], cfg, TagRecorder()))
+        return m, json.loads((trained[0] / "eval.json").read_text()), list(asked)
+
+    m1, first, asked1 = run()
+    m2, again, asked2 = run()  # a sweep's next job: other adapters, the same questions
+    assert asked1 == ["the base model", "the tuned model"] and asked2 == ["the tuned model"]
+    assert (m1["eval/base_reused"], m2["eval/base_reused"]) == (0.0, 1.0)
+    assert again["sets"] == first["sets"] and again["samples"] == first["samples"]
+    assert len(list((cache / "measured").iterdir())) == 1
+    # Other questions are another measurement; reuse_base=false measures and keeps nothing.
+    _, _, asked3 = run("evaluate.max_probes=2")
+    _, _, asked4 = run("evaluate.reuse_base=false")
+    assert asked3 == asked4 == ["the base model", "the tuned model"]
+    assert len(list((cache / "measured").iterdir())) == 2
+
+
+@pytest.mark.slow
 def test_a_stop_during_evaluate_in_two_processes_ends_both_soon(trained, shared_cache):
     import psutil
 
@@ -579,7 +611,8 @@ def test_a_stop_during_evaluate_in_two_processes_ends_both_soon(trained, shared_
     from runner.stages import evaluate
 
     cancel = threading.Event()
-    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama", "evaluate.workers=2")
+    cfg = make_cfg(*TINY, f"cache_dir={shared_cache}", "finetune.export=ollama", "evaluate.workers=2",
+                   "evaluate.reuse_base=false")
     ctx = stage_ctx("evaluate", trained[0], cfg, TagRecorder(), cancel=cancel)
     threading.Timer(2.0, cancel.set).start()
     t0 = time.perf_counter()

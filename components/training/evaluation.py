@@ -33,6 +33,7 @@ class EvaluateConfig(Settings):
     bootstrap_resamples: int = Field(2000, ge=100)
     seed: int = 0
     workers: int = Field(1, ge=1, le=2)  # 2: base and tuned measured at once, each in a process with its share of the threads
+    reuse_base: bool = True  # the base model's measurements kept in the cache for any run asking the same (a sweep's jobs)
 
 
 def token_f1(pred: str, gold: str) -> float:

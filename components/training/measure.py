@@ -11,6 +11,7 @@ a line ``stop`` arrives on stdin (or stdin closes).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -74,6 +75,23 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
         out[key] = lora.generate_answers(model, tok, prompts, max_tokens)
         advance(len(prompts))
     return out
+
+
+def stored(spec: dict, cache_dir: Path) -> Path:
+    """Where the measurements ``spec`` asks for are kept: a name made of everything they depend
+    on (the spec, the test split's content, the model's files and this package's code), so that
+    a sweep's jobs measure the base model once and any change measures it again."""
+    model = Path(spec["model_dir"])
+    files = sorted(model.rglob("*")) if model.is_dir() else []
+    code = sorted(Path(__file__).parent.glob("*.py"))
+    test = Path(spec["test_path"])
+    key = hashlib.sha256(json.dumps({
+        "spec": {k: v for k, v in spec.items() if k not in ("name", "test_path")},
+        "test": hashlib.sha256(test.read_bytes()).hexdigest() if test.is_file() else None,
+        "model": [(str(f.relative_to(model)), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()],
+        "code": [hashlib.sha256(f.read_bytes()).hexdigest() for f in code],
+    }, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir / "measured" / f"{key}.json"
 
 
 def spec_questions(questions) -> list[dict]:

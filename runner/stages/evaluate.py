@@ -9,13 +9,17 @@ and tag) and ``eval/knowledge_score``, what sweeps maximise. Secondary: validati
 loss with perplexity, a few generated answers, and generated multiple choice on a small sample
 (strict and lenient parsing). ``eval.json`` holds it all. Adapters made under another
 lora/model config or another dataset are refused. On a CPU the two models are measured at once,
-each in a process of its own (``evaluate.workers``, ``components/training/measure.py``).
+each in a process of its own (``evaluate.workers``, ``components/training/measure.py``); the
+base model's measurements are kept in the cache for the next run that asks the same
+(``evaluate.reuse_base``: a sweep's jobs measure the base model once).
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -30,8 +34,9 @@ log = logging.getLogger(__name__)
 INPUTS = ["dataset", "adapters"]
 OUTPUTS = ["eval.json"]
 CONFIG = ["model", "lora", "evaluate", "cache_dir", "dataset.system_prompt", "hw.cpu_threads"]
-# The processes measuring the two models and their threads: how fast, never what they find.
-NOT_FINGERPRINTED = ["evaluate.workers", "hw.cpu_threads"]
+# The processes measuring the two models and their threads, and whether the base model's
+# measurements come from the cache: how fast, never what they find.
+NOT_FINGERPRINTED = ["evaluate.workers", "evaluate.reuse_base", "hw.cpu_threads"]
 
 
 def _by(rows_b: list[dict], rows_t: list[dict], key: str, resamples: int, seed: int) -> dict[str, dict]:
@@ -85,20 +90,31 @@ def run(ctx: StageContext) -> dict[str, float]:
             "generative": measure.spec_questions(generative), "mcq_max_tokens": cfg.mcq_max_tokens}
     specs = [{**spec, "name": "the base model", "adapters": None},
              {**spec, "name": "the tuned model", "adapters": str(adapters)}]
+    # The base model answers the same whatever was trained: a sweep's jobs measure it once.
+    kept = measure.stored(specs[0], Path(ctx.cfg.cache_dir)) if cfg.reuse_base else None
+    base = json.loads(kept.read_text()) if kept is not None and kept.is_file() else None
+    if base is not None:
+        log.info("evaluate: the base model's measurements reused from %s", kept)
+        specs = specs[1:]
     per_model = sum(len(qs) for qs in sets.values()) + len(samples) + len(generative)
     t0 = time.perf_counter()
-    with Progress("evaluate", 2 * per_model, unit="answers") as progress:
+    with Progress("evaluate", len(specs) * per_model, unit="answers") as progress:
         try:
-            if cfg.workers > 1:
+            if cfg.workers > 1 and len(specs) > 1:
                 log.info("evaluate: the base and the tuned model measured at once, in two processes")
-                base, tuned = measure.measure_both(specs, progress.advance, ctx.cancel,
-                                                   threads=max(1, (ctx.cfg.hw.cpu_threads or 2) // cfg.workers))
+                found = measure.measure_both(specs, progress.advance, ctx.cancel,
+                                             threads=max(1, (ctx.cfg.hw.cpu_threads or 2) // cfg.workers))
             else:
-                base, tuned = (measure.measure(s, progress.advance, ctx.cancel) for s in specs)
+                found = [measure.measure(s, progress.advance, ctx.cancel) for s in specs]
         except measure.Stopped:
             raise Interrupted("evaluate: stopped on request; a rerun evaluates again") from None
         except measure.MeasureError as exc:
             raise StageError(f"evaluate: {exc}") from None
+    if base is None:
+        base = found.pop(0)
+        if kept is not None:
+            write_json(kept, base)
+    tuned = found[0]
     for res in (base, tuned):
         res["generative"] = score_generated(generative, res["generative"])
     seconds = time.perf_counter() - t0
@@ -138,6 +154,7 @@ def run(ctx: StageContext) -> dict[str, float]:
             m[f"eval/generative_mcq_{k}_base"], m[f"eval/generative_mcq_{k}_tuned"] = gb[k], gt[k]
         m["eval/generative_mcq_n"] = gb["n"]
     m["eval/seconds"] = round(seconds, 2)
+    m["eval/base_reused"] = float(len(specs) == 1)
     training = lora.adapter_record(adapters).get("training", {})
     if training.get("val_loss_base") is not None and training.get("val_loss_kept") is not None:
         # The validation loss the finetune stage measured on the base and the kept weights (the
