@@ -9,22 +9,16 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from components.versions import installed
 
 
 def row(component: str, status: str, detail: str = "", latency_ms: float | None = None,
         version: str | None = None, models: list[str] | None = None, needed: bool = True) -> dict:
     return {"component": component, "status": status, "latency_ms": latency_ms, "version": version,
             "models": models or [], "detail": detail, "needed": needed}
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def service(svc: Any, needed: bool = True, role: str = "service") -> dict:
@@ -59,7 +53,7 @@ def mlx(needed: bool) -> dict:
     mem = psutil.virtual_memory()
     return row("MLX", "up", f"device {device}; memory {mem.available / 2**30:.1f} of "
                             f"{mem.total / 2**30:.1f} GiB free",
-               round((time.perf_counter() - t0) * 1000, 1), _version("mlx"), needed=needed)
+               round((time.perf_counter() - t0) * 1000, 1), installed("mlx"), needed=needed)
 
 
 def docling(formats: list[str], artifacts_path: str | None, needed: bool) -> dict:
@@ -71,7 +65,7 @@ def docling(formats: list[str], artifacts_path: str | None, needed: bool) -> dic
     detail = f"formats {', '.join(formats)}; " + (f"layout models in {why}" if ok else
                                                   f"PDF layout models unavailable: {why}")
     status = "up" if ok or "pdf" not in formats else "warn"
-    return row("Docling", status, detail, version=_version("docling") or _version("docling-slim"),
+    return row("Docling", status, detail, version=installed("docling") or installed("docling-slim"),
                needed=needed)
 
 

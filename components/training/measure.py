@@ -21,7 +21,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from components.files import file_sha256
 from components.training import child
+from components.versions import installed
 
 
 class Stopped(Exception):
@@ -77,32 +79,22 @@ def measure(spec: dict, advance: Callable[[int], None] = lambda n: None,
     return out
 
 
-def stored(spec: dict, cache_dir: Path) -> Path:
+def stored(spec: dict, cache_dir: Path, code: dict[str, str]) -> Path:
     """Where the measurements ``spec`` asks for are kept: a name made of everything they depend
-    on (the spec, the test split's content, the model's files, this package's code and MLX's
-    version), so that a sweep's jobs measure the base model once and any change measures it
-    again."""
+    on (the spec, the test split's content, the model's files, ``code``: the hashes of the
+    modules that measure, and MLX's version), so that a sweep's jobs measure the base model once
+    and any change measures it again."""
     model = Path(spec["model_dir"])
     files = sorted(model.rglob("*")) if model.is_dir() else []
-    code = sorted(Path(__file__).parent.glob("*.py"))
     test = Path(spec["test_path"])
     key = hashlib.sha256(json.dumps({
         "spec": {k: v for k, v in spec.items() if k not in ("name", "test_path")},
-        "test": hashlib.sha256(test.read_bytes()).hexdigest() if test.is_file() else None,
+        "test": file_sha256(test) if test.is_file() else None,
         "model": [(str(f.relative_to(model)), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()],
-        "code": [hashlib.sha256(f.read_bytes()).hexdigest() for f in code],
-        "libraries": [_version(d) for d in ("mlx", "mlx-lm")],
+        "code": code,
+        "libraries": [installed(d) for d in ("mlx", "mlx-lm")],
     }, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return cache_dir / "measured" / f"{key}.json"
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def spec_questions(questions) -> list[dict]:

@@ -27,6 +27,7 @@ from components import stats
 from components.files import read_jsonl, write_json
 from components.mcq import MCQ, MCQError, load_teleqna, score_generated
 from components.progress import Progress
+from runner.fingerprint import code_hash
 from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,14 @@ def run(ctx: StageContext) -> dict[str, float]:
     specs = [{**spec, "name": "the base model", "adapters": None},
              {**spec, "name": "the tuned model", "adapters": str(adapters)}]
     # The base model answers the same whatever was trained: a sweep's jobs measure it once.
-    kept = measure.stored(specs[0], Path(ctx.cfg.cache_dir)) if cfg.reuse_base else None
+    kept = None
+    if cfg.reuse_base:
+        # The code that measures, as the stage fingerprint reads it (every module it reaches).
+        code = code_hash("components.training.measure", OmegaConf.create({}))
+        kept = measure.stored(specs[0], Path(ctx.cfg.cache_dir), code)
     base = json.loads(kept.read_text()) if kept is not None and kept.is_file() else None
-    if base is not None:
+    reused = base is not None
+    if reused:
         log.info("evaluate: the base model's measurements reused from %s", kept)
         specs = specs[1:]
     per_model = sum(len(qs) for qs in sets.values()) + len(samples) + len(generative)
@@ -154,7 +160,7 @@ def run(ctx: StageContext) -> dict[str, float]:
             m[f"eval/generative_mcq_{k}_base"], m[f"eval/generative_mcq_{k}_tuned"] = gb[k], gt[k]
         m["eval/generative_mcq_n"] = gb["n"]
     m["eval/seconds"] = round(seconds, 2)
-    m["eval/base_reused"] = float(len(specs) == 1)
+    m["eval/base_reused"] = float(reused)
     training = lora.adapter_record(adapters).get("training", {})
     if training.get("val_loss_base") is not None and training.get("val_loss_kept") is not None:
         # The validation loss the finetune stage measured on the base and the kept weights (the

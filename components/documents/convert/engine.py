@@ -3,7 +3,6 @@ pipeline, and turning the result (or the failure) into a ``DocResult``."""
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import io
 import json
@@ -17,6 +16,7 @@ from components.documents.convert.cache import CACHE_VERSION
 from components.documents.convert.options import FORMAT_EXT, DoclingOptions
 from components.documents.convert.sniff import diagnose
 from components.documents.convert.tables import extract_tables
+from components.versions import installed
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,8 @@ class DoclingEngine:
     def options_hash(self, pdf: bool = True) -> str:
         """What changes a conversion's output: the cache key's second half. The PDF pipeline
         counts only for PDFs, so installing layout models keeps the cached DOCX conversions."""
-        versions = {}
-        for pkg in ("docling", "docling-slim", "docling-core", "docling-parse"):
-            try:
-                versions[pkg] = importlib.metadata.version(pkg)
-            except importlib.metadata.PackageNotFoundError:
-                pass
+        versions = {pkg: v for pkg in ("docling", "docling-slim", "docling-core", "docling-parse")
+                    if (v := installed(pkg)) is not None}
         o = self.opts
         # Not formats, max_pages or max_file_mb: they decide whether a file is converted, not
         # what its conversion holds.
