@@ -275,7 +275,10 @@ def test_stop_request_while_the_real_embedded_server_extracts(tmp_path, compose)
     with pytest.raises(Interrupted, match="run again in the same directory"):
         stage.run(ctx)
     took = time.monotonic() - stopped_at["t"]
-    assert took < 5.0, took
+    # About 2 s on an idle machine (1 s of grace, then the server's stop); 7 s was seen in the
+    # whole suite on a 2-core AVX2 one. Requests left to run would take their 96 tokens and the
+    # 192 of the retry after a cut answer: well over 10 s at the 17 tokens/s each of two gets.
+    assert took < 10.0, took
     kept = read(partial)
     assert len(kept) >= 2 and len(kept) < 6
     assert "llm" not in res._built  # the server was released
