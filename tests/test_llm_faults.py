@@ -101,18 +101,22 @@ def test_server_killed_mid_run_fallback_serves_every_chunk(child, tmp_path):
 
 def test_hung_server_times_out_breaker_opens_and_probe_returns_after_sigcont(child, tmp_path):
     proc, url = child
-    chain = chain_for(url, tmp_path, timeout_s=3, retries=1, breaker_failures=1, breaker_reset_s=3)
+    # The breaker stays open for 10 s: long enough for the fallback's answer on a slow 2-core
+    # machine (with 3 s it had turned half-open before the check below).
+    reset_s = 10
+    chain = chain_for(url, tmp_path, timeout_s=3, retries=1, breaker_failures=1, breaker_reset_s=reset_s)
     assert ask(chain, 0)["service"] == "primary"
     os.kill(proc.pid, signal.SIGSTOP)  # hung: connections are accepted, nothing answers
     t0 = time.perf_counter()
     r1 = ask(chain, 1)
-    assert r1["service"] == "embedded" and r1["fallback"] and time.perf_counter() - t0 >= 3
+    opened_by = time.perf_counter()  # the breaker opened before this
+    assert r1["service"] == "embedded" and r1["fallback"] and opened_by - t0 >= 3
     assert chain.breaker.state == "open"
     t0 = time.perf_counter()
     assert ask(chain, 2)["service"] == "embedded"  # breaker open: the hung server is not waited for
     assert time.perf_counter() - t0 < 3
     os.kill(proc.pid, signal.SIGCONT)
-    time.sleep(max(0.0, 3.2 - (time.perf_counter() - t0)))
+    time.sleep(max(0.0, reset_s + 0.2 - (time.perf_counter() - opened_by)))
     r3 = ask(chain, 3)  # the half-open probe goes to the recovered primary
     assert r3["service"] == "primary" and not r3["fallback"]
     assert chain.breaker.state == "closed"
