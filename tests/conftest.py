@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 # longest files first) on 2 cores took as long as the serial run (30m55s against about 31 minutes
 # on an AVX2 machine) with 17 % more CPU time, and failed a test: llama.cpp's and MLX/OpenBLAS's
 # threads wait for each other by spinning, so two such processes on two cores starve each other
-# (a request to the real llama.cpp server, 5 s alone, ran past its 120 s timeout).
+# (a Ray test's request to the real llama.cpp server ran past its 120 s timeout; the whole test
+# takes 23-25 s serially).
 CONF = REPO / "conf"
 
 
