@@ -26,6 +26,7 @@ from components.llm.errors import (CircuitOpen, EndpointRefused, InvalidResponse
                                    ServiceError, ServiceFailure, ServiceUnavailable)
 from components.llm.privacy import Privacy, is_loopback
 from components.llm.reply import Reply
+from components.versions import installed
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +485,7 @@ class EmbeddedLlamaService(ChatService):
             return {"component": f"service {self.name}", "endpoint": None, "status": "down",
                     "latency_ms": None, "version": None, "models": [], "missing": {}, "detail": str(exc)}
         row = super().health()
-        row["version"] = f"llama.cpp (xllamacpp {_xllamacpp_version()})"
+        row["version"] = f"llama.cpp (xllamacpp {installed('xllamacpp') or '?'})"
         return row
 
     def start(self) -> None:
@@ -541,11 +542,3 @@ class EmbeddedLlamaService(ChatService):
             del server  # the destructor stops llama.cpp's loop and frees the model
             log.info("embedded llama.cpp server stopped")
 
-
-def _xllamacpp_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("xllamacpp")
-    except Exception:
-        return "?"
