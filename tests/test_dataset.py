@@ -12,6 +12,7 @@ from components.tracking import MLflowTracker, NullTracker
 from runner import pipeline
 from runner.stage import StageError
 from tests.fixtures.records import extraction_record
+from tests.fixtures.mlflow_store import fresh_store
 
 
 def record(doc: str, i: int, qa: bool = True, spec: str | None = "TS 99.101") -> dict:
@@ -168,7 +169,7 @@ def test_the_card_and_a_sample_go_to_mlflow(tmp_path, compose):
     from mlflow.tracking import MlflowClient
 
     run = make_run(tmp_path, {"alpha": 3, "bravo": 3, "charlie": 3})
-    tracker = MLflowTracker(uri="sqlite:///mlflow.db", experiment="t", root=tmp_path)
+    tracker = MLflowTracker(uri=fresh_store(tmp_path / "mlflow.db"), experiment="t", root=tmp_path)
     with tracker.start({}, {}):
         pipeline.run(run, compose("lora.batch_size=1"), tracker, ["dataset"])
     card = (run / "dataset" / "README.md").read_text()

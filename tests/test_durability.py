@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
+from tests.fixtures.mlflow_store import fresh_store
 
 SECRET = "sk-durable-9f8e7d6c5b"
 
@@ -102,7 +103,7 @@ def run(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedP
 @pytest.fixture
 def env(tmp_path):
     return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                MLFLOW_TRACKING_URI=fresh_store(tmp_path / "mlflow.db"))
 
 
 def mlflow_run(env: dict, run_id: str):

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from tests.fixtures.ports import free_port
+from tests.fixtures.mlflow_store import fresh_store
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +45,7 @@ def runner(args: list[str], env_extra: dict | None = None, timeout: int = 900):
 def store(tmp_path_factory):
     global CACHE
     CACHE = tmp_path_factory.mktemp("cache")
-    d = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{d / 'mlflow.db'}"
+    return fresh_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
 # The default pipeline with three quarters of an epoch of training instead of two epochs,

@@ -24,6 +24,7 @@ import pytest
 from components.executor import ExecutorError, Failed, LocalExecutor, LocalPool, RayExecutor
 from conftest import REPO
 from runner.config import ConfigError, build
+from tests.fixtures.mlflow_store import fresh_store
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray is an optional extra, not installed here: "
@@ -175,7 +176,7 @@ def cluster():
 def on_cluster(cluster, tmp_path):
     """(address, environment) for a runner on the cluster, with its own MLflow store."""
     address, env = cluster
-    return address, dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return address, dict(env, MLFLOW_TRACKING_URI=fresh_store(tmp_path / "mlflow.db"))
 
 
 DRIVER = r'''
@@ -329,11 +330,12 @@ def test_a_signal_during_convert_on_ray_stops_quickly_and_the_rerun_redoes_nothi
     assert r.metrics["convert/docs"] == r.total  # and nothing is lost
 
 
+@pytest.mark.slow  # a runner process importing Ray: 11 s on 2 cores
 @needs_ray
 def test_no_cluster_at_the_address_is_a_stage_error_naming_the_key(tmp_path):
     from tests.fixtures.ports import free_port
 
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=fresh_store(tmp_path / "mlflow.db"),
                RAY_AUTH_MODE="disabled")
     address = f"127.0.0.1:{free_port()}"
     out = runner([f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
@@ -359,7 +361,7 @@ def chunked(cluster, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("chunked")
     corpus = write_sample_corpus(root / "sample")
-    env = dict(cluster[1], MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    env = dict(cluster[1], MLFLOW_TRACKING_URI=fresh_store(root / "mlflow.db"))
     out = runner([f"hydra.run.dir={root / 'run'}", f"cache_dir={root / 'cache'}", f"corpus.path={corpus}",
                   "stages=[convert,process]"], env)
     assert out.returncode == 0, out.log[-3000:]

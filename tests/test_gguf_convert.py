@@ -63,7 +63,9 @@ def _mean_ce(model, tokenizer, text: str) -> float:
 def test_config_follows_gguf_metadata(gguf_path, model_dir):
     import json
 
-    meta = {k: f.contents() for k, f in gguf.GGUFReader(gguf_path).fields.items() if k.startswith("llama.")}
+    from components.training import gguf_file
+
+    meta = gguf_file.read(gguf_path)[0]  # gguf-py's reader reads the same (a test below)
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model_type"] == "llama"
     assert config["hidden_size"] == meta["llama.embedding_length"]
@@ -156,3 +158,25 @@ def test_bad_file_names_it_and_leaves_no_partial_model(tmp_path):
     assert list(root.iterdir()) == []
     with pytest.raises(ValueError, match="dtype"):
         convert_gguf_to_mlx(junk, tmp_path / "out", dtype="int3")
+
+
+def test_the_reader_reads_what_gguf_pys_reader_reads(gguf_path):
+    from components.training import gguf_file
+
+    meta, tensors = gguf_file.read(gguf_path)
+    theirs = gguf.GGUFReader(gguf_path)
+    assert meta == {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert len(meta["tokenizer.ggml.tokens"]) == 49152 and meta["general.architecture"] == "llama"
+    for ours, t in zip(tensors, theirs.tensors, strict=True):
+        assert (ours.name, ours.tensor_type, ours.shape) == (t.name, t.tensor_type, tuple(int(d) for d in t.shape))
+        assert ours.data.dtype == t.data.dtype and ours.data.shape == t.data.shape
+        assert np.array_equal(ours.data, t.data), ours.name
+
+
+@pytest.mark.parametrize("keep", [3, 24, 200_000, 90_000_000])  # magic, header, tokenizer, a tensor
+def test_a_truncated_file_is_named(gguf_path, tmp_path, keep):
+    cut = tmp_path / "cut.gguf"
+    with open(gguf_path, "rb") as fh:
+        cut.write_bytes(fh.read(keep))
+    with pytest.raises(GGUFConversionError, match=r"cut\.gguf: not a readable GGUF file"):
+        convert_gguf_to_mlx(cut, tmp_path / "out")

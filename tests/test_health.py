@@ -8,6 +8,7 @@ from pathlib import Path
 from runner import health
 from tests.llm_fakes import FakeOllama
 from tests.fixtures.ports import free_port
+from tests.fixtures.mlflow_store import fresh_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def test_on_unavailable_fail_stops_the_run_before_any_stage(tmp_path):
                           f"service.base_url=http://127.0.0.1:{free_port()}", "service.on_unavailable=fail",
                           "stages=[convert,process,extract]", f"cache_dir={tmp_path / 'cache'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"))
+                         env=dict(os.environ, MLFLOW_TRACKING_URI=fresh_store(tmp_path / "mlflow.db")))
     assert out.returncode != 0
     assert "cannot reach" in out.stderr + out.stdout and "ollama serve" in out.stderr + out.stdout
     assert not (run_dir / "documents").exists()  # convert never started

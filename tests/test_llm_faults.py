@@ -21,6 +21,9 @@ from components.llm.resilience import Resilience
 from components.llm.resilience import chain as build_chain
 from components.llm.services import EmbeddedLlamaService, OpenAICompatibleService
 
+# Two real llama.cpp servers per test, one of them hung or killed on purpose: 14-22 s each on 2 cores.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 ALIAS = "smol-child"
 CHILD = f"""

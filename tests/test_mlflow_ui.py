@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO
 from tests.fixtures.ports import free_port
+from tests.fixtures.mlflow_store import fresh_store
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ def store(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("mlflow")
     ids = []
-    tracker = MLflowTracker(uri="sqlite:///mlflow.db", experiment="telecom-finetune", root=d,
+    tracker = MLflowTracker(uri=fresh_store(d / "mlflow.db"), experiment="telecom-finetune", root=d,
                             system_metrics=False)
     parent = tracker.sweep_parent(d / "sweep", "sweep ui-check lora.rank", {"sweep.id": "ui-check"})
     for rank, end in ((4, 1.9), (8, 1.6)):

@@ -15,6 +15,7 @@ import pytest
 from components import secrets
 from components.secrets import REDACTED, flatten, redact, scrub, scrub_file, secret_values
 from components.tracking import MLflowTracker, resolve_uri
+from tests.fixtures.mlflow_store import fresh_store
 
 CFG = {"service": {"name": "openai", "api_key": "sk-live-abcdef123456", "base_url": "http://x"},
        "tracking": {"token": None}, "lora": {"rank": 8}, "stages": ["convert", "process"]}
@@ -79,7 +80,7 @@ def test_relative_sqlite_uri_is_taken_from_the_root(tmp_path):
 
 
 def test_run_records_params_metrics_tags_and_artifacts_without_secrets(tmp_path):
-    tracker = MLflowTracker(uri="sqlite:///mlflow.db", experiment="t", root=tmp_path)
+    tracker = MLflowTracker(uri=fresh_store(tmp_path / "mlflow.db"), experiment="t", root=tmp_path)
     art = tmp_path / "report.md"
     art.write_text("# report\n")
     with tracker.start(params=CFG, tags={"service.used": "embedded"}):
@@ -100,7 +101,9 @@ def test_run_records_params_metrics_tags_and_artifacts_without_secrets(tmp_path)
 
 
 def _tracker(tmp_path, **kw) -> MLflowTracker:
-    return MLflowTracker(uri="sqlite:///mlflow.db", experiment="t", root=tmp_path, **kw)
+    db = tmp_path / "mlflow.db"  # a test's second tracker opens its first one's store
+    uri = f"sqlite:///{db}" if db.exists() else fresh_store(db)
+    return MLflowTracker(uri=uri, experiment="t", root=tmp_path, **kw)
 
 
 def test_experiment_opens_on_the_runs_table_and_runs_have_names_and_descriptions(tmp_path):
@@ -182,7 +185,14 @@ def test_sweep_jobs_in_parallel_processes_share_one_parent_which_ends_with_them(
     import multiprocessing
 
     sweep_dir = tmp_path / "multirun" / "x"
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    # The store exists before the jobs start, as a sweep's parent callback makes it. The jobs are
+    # fresh interpreters, as a parallel launcher's are, forked from a server that imported MLflow's
+    # SQL store once: spawned, each imported it while holding the parent's file lock, which made
+    # the four jobs take turns (13 s on 2 cores; 5 s so).
+    fresh_store(tmp_path / "mlflow.db")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mlflow.store.tracking.sqlalchemy_store", "tests.test_tracking"])
+    with ctx.Pool(4) as pool:
         parents = pool.map(_attach, [(str(tmp_path), str(sweep_dir), j) for j in range(4)])
     assert len(set(parents)) == 1
     tracker = _tracker(tmp_path, system_metrics=False)
@@ -231,7 +241,7 @@ def _sweep(tmp_path: Path, *args: str):
 
     from conftest import REPO
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path / "mlflow.db")
     env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=store)
     sweep = tmp_path / "sweep"
     out = subprocess.run([sys.executable, "-m", "runner", "-m", f"hydra.sweep.dir={sweep}",

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from components.files import file_sha256, staged_dir, write_json
+from components.training import gguf_file
+from components.training.gguf_file import Tensor
 
 # Bump when the output layout or contents change, so stale cache entries are rebuilt.
 CONVERTER_VERSION = 1
@@ -82,15 +84,6 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _fields(reader) -> dict[str, Any]:
-    out = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        out[name] = field.contents()
-    return out
-
-
 def _config(meta: dict[str, Any], tensor_names: set[str], path: Path) -> dict[str, Any]:
     arch = meta.get("general.architecture")
     if arch != "llama":
@@ -132,11 +125,11 @@ def _config(meta: dict[str, Any], tensor_names: set[str], path: Path) -> dict[st
     return config
 
 
-def _weights(reader, config: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
+def _weights(tensors: list[Tensor], config: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
     from gguf.quants import dequantize
 
     weights = {}
-    for tensor in reader.tensors:
+    for tensor in tensors:
         name = tensor.name
         if name in _GLOBAL_TENSORS:
             hf = _GLOBAL_TENSORS[name]
@@ -248,21 +241,18 @@ def _tokenizer_files(meta: dict[str, Any], out: Path, path: Path) -> None:
 
 def convert_gguf_to_mlx(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
     """Write an mlx-lm model directory for `gguf_path` into `out_dir` (created; files overwritten)."""
-    import gguf
-
     path = Path(gguf_path)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: GGUF file not found")
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises bare ValueError/struct errors on junk
+        meta, tensors = gguf_file.read(path)
+    except Exception as exc:  # ValueError, struct.error, UnicodeDecodeError on junk
         raise GGUFConversionError(f"{path}: not a readable GGUF file ({exc})") from exc
-    meta = _fields(reader)
-    config = _config(meta, {t.name for t in reader.tensors}, path)
+    config = _config(meta, {t.name for t in tensors}, path)
     config["torch_dtype"] = dtype
-    weights = _weights(reader, config, path)
+    weights = _weights(tensors, config, path)
     if config["tie_word_embeddings"]:
         weights.pop("lm_head.weight", None)
 
