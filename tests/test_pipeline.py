@@ -251,3 +251,20 @@ def test_build_dir_recovers_the_previous_folder_from_a_crash_mid_swap(tmp_path, 
     assert not out.exists() and (tmp_path / "dataset.old" / "train.jsonl").read_text() == "v1\n"
     files.recover_dir(out)
     assert (out / "train.jsonl").read_text() == "v1\n" and not (tmp_path / "dataset.old").exists()
+
+
+def test_a_folder_listing_changes_with_a_file_and_not_with_a_read(tmp_path):
+    """What convert's fingerprint and the stored base-model measurements are keyed on."""
+    import os
+
+    from components.files import stat_listing
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.md").write_text("x")
+    (tmp_path / "a.md").write_text("aa")
+    first = stat_listing(tmp_path)
+    assert [(p.relative_to(tmp_path).as_posix(), size) for p, size, _ in first] == [("a.md", 2), ("b/x.md", 1)]
+    assert (tmp_path / "a.md").read_text() == "aa" and stat_listing(tmp_path) == first
+    assert stat_listing(tmp_path / "a.md") == first[:1]
+    os.utime(tmp_path / "b" / "x.md", ns=(0, 0))
+    assert stat_listing(tmp_path) != first

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from components.files import file_sha256
+from components.files import file_sha256, stat_listing
 from components.training import child
 from components.versions import installed
 
@@ -85,12 +85,12 @@ def stored(spec: dict, cache_dir: Path, code: dict[str, str]) -> Path:
     modules that measure, and MLX's version), so that a sweep's jobs measure the base model once
     and any change measures it again."""
     model = Path(spec["model_dir"])
-    files = sorted(model.rglob("*")) if model.is_dir() else []
     test = Path(spec["test_path"])
     key = hashlib.sha256(json.dumps({
         "spec": {k: v for k, v in spec.items() if k not in ("name", "test_path")},
         "test": file_sha256(test) if test.is_file() else None,
-        "model": [(str(f.relative_to(model)), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()],
+        "model": [(str(f.relative_to(model)), size, mtime_ns)
+                  for f, size, mtime_ns in (stat_listing(model) if model.is_dir() else [])],
         "code": code,
         "libraries": [installed(d) for d in ("mlx", "mlx-lm")],
     }, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.files import build_dir, write_json
+from components.files import build_dir, stat_listing, write_json
 from runner.stage import Interrupted, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,8 @@ def fingerprint_extra(ctx: StageContext) -> str:
         if not root.exists():
             h.update(f"missing:{root}".encode())
             continue
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for p in files:
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for p, size, mtime_ns in stat_listing(root):
+            h.update(f"{p}|{size}|{mtime_ns}\n".encode())
     return h.hexdigest()
 
 
