@@ -45,7 +45,11 @@ def files_under(path: Path) -> list[Path]:
 def stat_listing(path: Path) -> list[tuple[Path, int, int]]:
     """(file, size, modification time in ns) of each of ``files_under(path)``: what tells a
     changed folder from the same one without reading gigabytes of models or documents."""
-    return [(f, st.st_size, st.st_mtime_ns) for f in files_under(path) for st in (f.stat(),)]
+    out = []
+    for f in files_under(path):
+        st = f.stat()
+        out.append((f, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def hash_path(path: Path) -> str:
