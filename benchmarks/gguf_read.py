@@ -54,6 +54,8 @@ def main() -> None:
         return ({k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")},
                 [gguf_file.Tensor(t.name, t.tensor_type, tuple(int(d) for d in t.shape), t.data) for t in r.tensors])
 
+    with tempfile.TemporaryDirectory() as out:
+        convert_gguf_to_mlx(path, out)  # warm-up: the tokenizer writer's imports, first allocations
     convert = {}
     for name, reader in (("ours", gguf_file.read), ("gguf_py", gguf_py_read)):
         gguf_file.read = reader  # what convert_gguf_to_mlx calls

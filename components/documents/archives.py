@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from components.files import staged_dir
+from components.files import files_under, staged_dir
 
 DEFAULT_MAX_TOTAL_BYTES = 2 << 30  # 2 GiB: a whole 3GPP release unpacks well under this per zip
 DEFAULT_MAX_FILES = 10_000
@@ -77,7 +77,7 @@ def extract_cached(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, **l
     dest = Path(dest_dir)
     if not dest.is_dir():
         return safe_extract(zip_path, dest, **limits)
-    return sorted(p for p in dest.rglob("*") if p.is_file())
+    return files_under(dest)
 
 
 def _extract_nested(files: list[Path], budget: _Budget, label: str) -> list[Path]:

@@ -28,13 +28,20 @@ class Tensor(NamedTuple):
     data: np.ndarray   # as GGUFReader gives it: elements for float types, bytes per row for quantized ones
 
 
+_STRUCTS = {f: struct.Struct("<" + f) for f in _SCALARS.values()}
+
+
 class _Cursor:
-    def __init__(self, buf) -> None:
+    """Reads through a memoryview of the file: a slice of the memmap itself would be a new numpy
+    memmap object per string, as slow as the reader this replaces."""
+
+    def __init__(self, buf: memoryview) -> None:
         self.buf, self.at = buf, 0
 
     def take(self, fmt: str) -> Any:
-        value = struct.unpack_from("<" + fmt, self.buf, self.at)[0]
-        self.at += struct.calcsize("<" + fmt)
+        st = _STRUCTS[fmt]
+        value = st.unpack_from(self.buf, self.at)[0]
+        self.at += st.size
         return value
 
     def string(self) -> str:
@@ -68,7 +75,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[Tensor]]:
     from gguf.quants import quant_shape_to_byte_shape
 
     data = np.memmap(path, mode="r")
-    c = _Cursor(data)
+    c = _Cursor(memoryview(data))
     if bytes(data[:4]) != MAGIC:
         raise ValueError("GGUF magic invalid")
     c.at = 4
