@@ -88,6 +88,24 @@ def test_an_acronym_is_supported_by_its_expansion_in_the_quote():
     assert G.unsupported_in_answer("The AMF", "the Access and Mobility Management Function decides", g) is None
 
 
+ARCHITECTURE = ("## 4 Architecture\n\nThe AMF terminates the N1 and N2 interfaces and handles registration and "
+                "mobility. The SMF establishes and releases PDU sessions and selects the UPF.\n\nThe PCF provides "
+                "policy rules for QoS control to the SMF. Network functions discover each other through the NRF.")
+
+
+@pytest.mark.parametrize("summary, kept", [
+    ("The AMF terminates the N1 and N2 interfaces and handles registration and mobility.", True),
+    ("The SMF selects the UPF. The PCF provides policy rules for QoS control.", True),
+    # every word is in the chunk, the roles are swapped: what SmolLM2-135M wrote in a default run
+    ("The NRF is responsible for policy rules for QoS control.", False),
+    ("The SMF is responsible for registration and mobility.", False),
+    ("The SMF selects the UPF. The UE implements the N1 and N2 interfaces.", False),  # one sentence unbacked
+    ("", False),
+])
+def test_a_summary_is_kept_only_when_each_sentence_is_backed_by_one_of_the_chunk(summary, kept):
+    assert G.summary_supported(summary, ARCHITECTURE) is kept
+
+
 def test_degenerate_output_is_recognised():
     loop = "Release 17 is a feature set that is a feature set that is a feature set that is"
     assert G.repetition_loop(loop)

@@ -179,7 +179,7 @@ class ChunkExtractor:
                 refs.append(norm)
         summary = data["summary"].strip()
         if summary and (G.repetition_loop(summary) or G.copies_example(summary, _EXAMPLE_SUMMARY, text)
-                        or not _supported_by(summary, text)):
+                        or not G.summary_supported(summary, text)):
             dropped["summary_unsupported"] += 1
             summary = ""
         grounded, seen = [], set()
@@ -231,12 +231,6 @@ class ChunkExtractor:
 
 
 _EXAMPLE_SUMMARY = "The clause specifies when the UE reports channel state information."
-
-
-def _supported_by(text: str, chunk: str) -> bool:
-    words = G.content(text)
-    have = set(G.tokens(chunk))
-    return bool(words) and sum(w in have for w in words) / len(words) >= 0.6
 
 
 def merge(rec: ExtractionRecord, extractor: str) -> Result:

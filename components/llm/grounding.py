@@ -118,6 +118,35 @@ def qa_drop_reason(qa: dict, chunk: str, example_qa: dict, glossary: rules.Gloss
     return unsupported_in_answer(a, ev, glossary)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _names(text: str) -> set[str]:
+    """Network functions, interfaces, timers, releases: AMF, QoS, N1, T310, 5G."""
+    return {t.lower() for t in _TOKEN.findall(text)
+            if sum(c.isupper() for c in t) >= 2 or (any(c.isdigit() for c in t) and any(c.isalpha() for c in t))}
+
+
+def summary_supported(summary: str, chunk: str) -> bool:
+    """Each sentence of the summary is backed by one sentence of the chunk: every name it uses and
+    at least 60 % of its content words. Overlap with the whole chunk let a summary swap roles
+    between names ("the NRF provides policy rules for QoS control" from "the PCF provides policy
+    rules for QoS control ... through the NRF")."""
+    backing = [(set(tokens(s)), _names(s)) for s in _sentences(chunk)]
+
+    def backed(sentence: str) -> bool:
+        words, names = content(sentence), _names(sentence)
+        return bool(words) and any(names <= n and sum(w in have for w in words) / len(words) >= 0.6
+                                   for have, n in backing)
+
+    parts = _sentences(summary)
+    return bool(parts) and all(backed(s) for s in parts)
+
+
 def entity_in_chunk(name: str, chunk: str) -> bool:
     return bool(name.strip()) and contains_quote(name, chunk, 1)
 
