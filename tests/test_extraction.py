@@ -106,6 +106,15 @@ def test_a_summary_is_kept_only_when_each_sentence_is_backed_by_one_of_the_chunk
     assert G.summary_supported(summary, ARCHITECTURE) is kept
 
 
+@pytest.mark.parametrize("text, whole", [
+    ("The UE reports. The gNB is", "The UE reports."),   # cut by the schema's length limit
+    ("Version 17.3 applies. It ends here.", "Version 17.3 applies. It ends here."),
+    ("no sentence end", ""),
+])
+def test_a_summary_keeps_whole_sentences_only(text, whole):
+    assert G.whole_sentences(text) == whole
+
+
 def test_degenerate_output_is_recognised():
     loop = "Release 17 is a feature set that is a feature set that is a feature set that is"
     assert G.repetition_loop(loop)

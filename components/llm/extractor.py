@@ -177,8 +177,9 @@ class ChunkExtractor:
                 dropped["spec_ref_not_in_chunk"] += 1
             elif norm not in refs:
                 refs.append(norm)
-        summary = data["summary"].strip()
-        if summary and (G.repetition_loop(summary) or G.copies_example(summary, _EXAMPLE_SUMMARY, text)
+        said = data["summary"].strip()
+        summary = G.whole_sentences(said)
+        if said and (G.repetition_loop(summary) or G.copies_example(summary, _EXAMPLE_SUMMARY, text)
                         or not G.summary_supported(summary, text)):
             dropped["summary_unsupported"] += 1
             summary = ""

@@ -131,6 +131,13 @@ def _names(text: str) -> set[str]:
             if sum(c.isupper() for c in t) >= 2 or (any(c.isdigit() for c in t) and any(c.isalpha() for c in t))}
 
 
+def whole_sentences(text: str) -> str:
+    """``text`` up to its last sentence end: a summary cut by the schema's length limit would
+    otherwise teach the model to stop mid-sentence ("... for a fictional NR feature set. The UE is")."""
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[:ends[-1]] if ends else ""
+
+
 def summary_supported(summary: str, chunk: str) -> bool:
     """Each sentence of the summary is backed by one sentence of the chunk: every name it uses and
     at least 60 % of its content words. Overlap with the whole chunk let a summary swap roles
