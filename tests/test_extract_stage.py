@@ -253,7 +253,7 @@ def test_the_record_log_closes_a_cut_line_and_reuse_skips_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_stop_request_while_the_real_embedded_server_extracts(tmp_path, compose):
+def test_stop_request_while_the_real_embedded_server_extracts(tmp_path, compose, monkeypatch):
     """The real llama.cpp server (SmolLM2-135M): a timer sets ctx.cancel once two chunks are done;
     the stage must stop within seconds, keep the finished records and release the server."""
     # Six of the 14 chunks: enough to stop mid-way, and a rerun that finishes in seconds.
@@ -272,13 +272,24 @@ def test_stop_request_while_the_real_embedded_server_extracts(tmp_path, compose)
                 ctx.cancel.set()
             time.sleep(0.05)
     threading.Thread(target=watch, daemon=True).start()
+    released = {}
+    release = stage._release
+
+    def timed_release(*args, **kwargs):
+        released["t"] = time.monotonic()
+        release(*args, **kwargs)
+    monkeypatch.setattr(stage, "_release", timed_release)
     with pytest.raises(Interrupted, match="run again in the same directory"):
         stage.run(ctx)
     took = time.monotonic() - stopped_at["t"]
-    # About 2 s on an idle machine (1 s of grace, then the server's stop); 7 s was seen in the
-    # whole suite on a 2-core AVX2 one. Requests left to run would take their 96 tokens and the
-    # 192 of the retry after a cut answer: well over 10 s at the 17 tokens/s each of two gets.
-    assert took < 10.0, took
+    # What the stage does: 1 s of grace for the requests in flight, then it cuts them and
+    # releases the server, starting nothing more. Requests left to run would take their 96
+    # tokens and the 192 of the retry after a cut answer: far more than 3 s.
+    assert released["t"] - stopped_at["t"] < 3.0, released["t"] - stopped_at["t"]
+    # What llama.cpp does: its teardown waits for the generations in flight, whose clients hung
+    # up (xllamacpp does not cancel a non-streamed request). It was 1 s on an idle machine and
+    # 5-12 s on a busier 2-core AVX2 one; the whole stop is bounded by their 96 tokens.
+    assert took < 30.0, took
     kept = read(partial)
     assert len(kept) >= 2 and len(kept) < 6
     assert "llm" not in res._built  # the server was released
