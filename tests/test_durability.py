@@ -45,6 +45,27 @@ def test_concurrent_processes_extracting_one_archive_all_get_every_file(tmp_path
         assert not [p for p in dest.parent.iterdir() if p.name.endswith((".tmp", ".old"))]
 
 
+def test_an_archive_published_by_another_run_just_after_the_check_is_listed(tmp_path, monkeypatch):
+    """The window the test above hits now and then: this run finds no folder, another run
+    publishes it, then this run's extraction finds it non-empty."""
+    from components.documents import archives
+
+    z = tmp_path / "38331-h21.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("a.md", "# A")
+    dest = tmp_path / "cache" / "38331-h21"
+    first = archives.extract_cached(z, dest)  # the other run's, published
+    real, checked = Path.is_dir, []
+
+    def is_dir(self):  # this run's check ran just before the other run published
+        if self == dest and not checked:
+            checked.append(self)
+            return False
+        return real(self)
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert archives.extract_cached(z, dest) == first == [dest / "a.md"]
+
+
 def _staged(args) -> str:
     from components.files import staged_dir
 

@@ -76,7 +76,10 @@ def extract_cached(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, **l
     publishes it while this one extracts."""
     dest = Path(dest_dir)
     if not dest.is_dir():
-        return safe_extract(zip_path, dest, **limits)
+        try:
+            return safe_extract(zip_path, dest, **limits)
+        except FileExistsError:
+            pass  # another run published it between the check above and safe_extract's own
     return files_under(dest)
 
 
