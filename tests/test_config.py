@@ -55,6 +55,14 @@ def test_every_service_instantiates_with_embedded_fallback(compose, service):
     svc.close()
 
 
+def test_a_bad_embedded_batch_size_fails_naming_the_key(compose):
+    from runner.config import ConfigError, build
+
+    assert build(compose("service.batch_tokens=256").service, "service").batch_tokens == 256
+    with pytest.raises(ConfigError, match=r"service: batch_tokens must be at least 1 \(got 0\)"):
+        build(compose("service.batch_tokens=0").service, "service")
+
+
 @pytest.mark.parametrize("group", ["model", "hardware"])
 def test_every_option_instantiates(compose, group):
     for opt in options(group):

@@ -460,8 +460,8 @@ class EmbeddedLlamaService(ChatService):
     server = "embedded"
 
     def __init__(self, gguf: str | None = None, model_alias: str = "embedded", n_ctx: int = 4096,
-                 n_parallel: int = 2, threads: int | None = None, timeout_s: float = 120.0,
-                 name: str = "embedded", **common: Any) -> None:
+                 n_parallel: int = 2, threads: int | None = None, batch_tokens: int | None = None,
+                 timeout_s: float = 120.0, name: str = "embedded", **common: Any) -> None:
         common.setdefault("context_tokens", n_ctx // max(1, n_parallel))  # slots split the window
         common.setdefault("max_concurrency", n_parallel)
         super().__init__(name=name, model=model_alias, base_url=None, timeout_s=timeout_s, **common)
@@ -469,6 +469,9 @@ class EmbeddedLlamaService(ChatService):
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
         self.threads = threads
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be at least 1 (got {batch_tokens})")
+        self.batch_tokens = batch_tokens
         self._server = None
         self._inner: OpenAICompatibleService | None = None
         self._start_lock = threading.Lock()
@@ -511,6 +514,12 @@ class EmbeddedLlamaService(ChatService):
             threads = self.threads or max(1, (os.cpu_count() or 2))
             p.cpuparams.n_threads = threads
             p.cpuparams_batch.n_threads = threads
+            if self.batch_tokens:
+                # llama.cpp's teardown (and so a stop) waits for the decode call in progress, and
+                # a call decodes up to n_batch prompt tokens (2,048 by default): a smaller batch
+                # stops sooner on a slow CPU, at some throughput (benchmarks/embedded_stop.py).
+                p.n_batch = self.batch_tokens
+                p.n_ubatch = min(p.n_ubatch, self.batch_tokens)
             p.verbosity = 0 if not log.isEnabledFor(logging.DEBUG) else 3
             p.warmup = False
             t0 = time.perf_counter()
