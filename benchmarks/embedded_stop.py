@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from extraction import DATA, compose, run_mode
+from extraction import compose, labelled_run, run_mode
 
 
 def stop_once(batch: str, after: int, tmp: Path) -> dict:
@@ -37,10 +36,7 @@ def stop_once(batch: str, after: int, tmp: Path) -> dict:
     from runner.stage import Interrupted, Resources
     from runner.stages import extract
 
-    run = tmp / f"stop-{batch}-{after}"
-    run.mkdir()
-    shutil.copy(DATA / "chunks.jsonl", run / "chunks.jsonl")
-    shutil.copytree(DATA / "documents", run / "documents")
+    run = labelled_run(tmp / f"stop-{batch}-{after}")
     cfg = compose(["extraction.extractor=llm", "extraction.max_tokens=512", "extraction.verify=false",
                    f"cache_dir={run / 'cache'}", f"service.batch_tokens={batch}"])
     ctx = pipeline.context("extract", run, cfg, NullTracker(), Resources())

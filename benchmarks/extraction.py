@@ -70,6 +70,14 @@ def score(run: Path) -> dict:
             "qa_grounded_rate": rate("qa_ok", "qa") if t["qa"] else 1.0, "qa_kept": t["qa"]}
 
 
+def labelled_run(run: Path) -> Path:
+    """A run directory holding the labelled chunks and their documents, as process leaves them."""
+    run.mkdir()
+    shutil.copy(DATA / "chunks.jsonl", run / "chunks.jsonl")
+    shutil.copytree(DATA / "documents", run / "documents")
+    return run
+
+
 def run_mode(mode: str, extra: list[str], tmp: Path) -> dict:
     from components.tracking import NullTracker
     from runner import pipeline
@@ -77,10 +85,7 @@ def run_mode(mode: str, extra: list[str], tmp: Path) -> dict:
     from runner.stage import Resources
     from runner.stages import extract
 
-    run = tmp / mode
-    run.mkdir()
-    shutil.copy(DATA / "chunks.jsonl", run / "chunks.jsonl")
-    shutil.copytree(DATA / "documents", run / "documents")
+    run = labelled_run(tmp / mode)
     cfg = compose([f"extraction.extractor={mode}", f"cache_dir={tmp / 'cache'}", *extra])
     res = Resources()
     t0 = time.perf_counter()
