@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -25,6 +27,7 @@ from tests.llm_fakes import GOOD, FakeLMStudio, FakeOllama
 from tests.fixtures.ports import free_port
 
 SCHEMA = json_schema()
+REPO = Path(__file__).resolve().parent.parent
 MSGS = [{"role": "user", "content": "Extract from: RRC (Radio Resource Control) per TS 38.331."}]
 FAST = Resilience(retries=3, backoff_initial_s=0.01, backoff_max_s=0.02, breaker_failures=2,
                   breaker_reset_s=60)
@@ -319,3 +322,46 @@ def test_embedded_llama_cpp_server_answers_schema_valid_json():
         svc.close()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/v1/models", timeout=2)
+
+
+# In a child process: llama.cpp's destructor, waiting for a request with the GIL held, never
+# returns, and a test that hung in pytest's own process would hang the suite.
+_CLOSE_IN_FLIGHT = r"""
+import json, sys, threading, time
+from components.llm.services import EmbeddedLlamaService
+svc = EmbeddedLlamaService(n_ctx=4096, n_parallel=1, threads=2)
+svc.start()
+text = " ".join(f"The AMF forwards registration request {i} to the SMF while the UE is in CM-IDLE."
+                for i in range(40))  # about 800 prompt tokens: several seconds to read here
+schema = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+out = {}
+def ask():
+    try:
+        svc.chat_json([{"role": "user", "content": "Summarise: " + text}], schema, max_tokens=400)
+        out["reply"] = "answered"
+    except Exception as exc:
+        out["reply"] = type(exc).__name__
+worker = threading.Thread(target=ask, daemon=True)
+worker.start()
+time.sleep(1.5)
+t0 = time.perf_counter()
+svc.close()
+out["close_s"] = time.perf_counter() - t0
+worker.join(10)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_closing_the_embedded_server_with_a_request_in_flight_cuts_it_and_returns():
+    try:
+        done = subprocess.run([sys.executable, "-c", _CLOSE_IN_FLIGHT], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("close() did not return within 120 s: llama.cpp's destructor waited for the "
+                    "request still in flight")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # The request was cut, not answered, and the server went within one decode call.
+    assert out["reply"] != "answered", out
+    assert out["close_s"] < 15, out

@@ -431,30 +431,13 @@ class ResilientService:
         return tags
 
     def abort_requests(self) -> int:
-        """Shut down this process's open connections to the serving endpoint, so the server sees
-        its clients gone and cancels their generations, and send nothing more (no retry, no
-        second ask of a cut answer: ``Aborted``). Without it, an abandoned request keeps
-        llama.cpp (whose destructor waits for it, holding the GIL) busy until its timeout."""
-        import socket
-        from urllib.parse import urlparse
-
-        import psutil
-
+        """Cut this process's open connections to the serving endpoint, so the server cancels
+        their generations, and send nothing more (no retry, no second ask of a cut answer:
+        ``Aborted``). Without it the embedded server's close would wait for them, holding the GIL
+        their replies need (``EmbeddedLlamaService.close``)."""
         self._aborted.set()
-        url = getattr(self.used, "base_url", None)
-        port = urlparse(url).port if url else None
-        if not port:
-            return 0
-        n = 0
-        for conn in psutil.Process().net_connections(kind="tcp"):
-            if conn.raddr and conn.raddr.port == port and conn.fd >= 0:
-                try:
-                    with socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
-                        dup.shutdown(socket.SHUT_RDWR)  # acts on the connection, wakes the reader
-                    n += 1
-                except OSError:
-                    pass
-        return n
+        cut = getattr(self.used, "cut_connections", None)
+        return cut() if cut else 0
 
     def close(self) -> None:
         for s in (self._standby, self.primary):
