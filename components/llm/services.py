@@ -572,9 +572,8 @@ class EmbeddedLlamaService(ChatService):
             # did not return in 15 minutes (measured, for a reply that takes 4 s when left alone).
             # Cut them first, whoever forgot to (the extract stage does, on a stop), and before
             # the client closes their sockets, after which they cannot be found.
-            n = self.cut_connections()
-            if n:
-                log.info("embedded: %d connection(s) still open at close were cut", n)
+            n = self.cut_connections()  # idle keep-alive connections are among them
+            log.debug("embedded: %d connection(s) to the server cut before it stops", n)
         if self._inner is not None:
             self._inner.close()
             self._inner = None
