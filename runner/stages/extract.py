@@ -125,7 +125,7 @@ def _release(ctx: StageContext, svc, stopping: bool) -> None:
     """Close the shared server; when stopping, cut the requests still running first."""
     if stopping:
         n = svc.abort_requests()
-        log.info("extract: stopping: %d request(s) in flight abandoned", n)
+        log.info("extract: stopping: %d connection(s) to the server cut (requests in flight are abandoned)", n)
     ctx.resources.release("llm")
 
 
