@@ -21,6 +21,7 @@ import pytest
 from docx import Document
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from components.documents.acquire import (
     AcquireError,
     ThreeGPPDownloader,
@@ -38,7 +39,6 @@ from runner import pipeline
 from runner.stage import StageContext, StageError
 from runner.stages import acquire as acquire_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 VERSIONS_38331 = ["g60", "h00", "h10", "h21", "i00"]
 
 
@@ -392,7 +392,7 @@ def test_offline_release_request_uses_the_cache(serve, tmp_path):
 
 
 def stage_ctx(run_dir: Path, base_url: str, dest: Path, specs, **extra) -> StageContext:
-    acquire = OmegaConf.load(ROOT / "conf/acquire/default.yaml")
+    acquire = OmegaConf.load(REPO / "conf/acquire/default.yaml")
     acquire.specs = specs
     acquire.downloader.update(base_url=base_url, dest=str(dest), retries=1, backoff_s=0.01, backoff_max_s=0.02)
     cfg = OmegaConf.create({"acquire": acquire, "corpus": {"path": None}, **extra})

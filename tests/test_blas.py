@@ -5,13 +5,12 @@ import ast
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from components.training.blas import OPENBLAS_LIBS
 
-ROOT = Path(__file__).resolve().parents[1]
 
 needs_openblas = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not all(os.path.exists(p) for p in OPENBLAS_LIBS),
@@ -20,7 +19,7 @@ needs_openblas = pytest.mark.skipif(
 
 
 def _python(code: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
@@ -52,7 +51,7 @@ logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from components.training.blas import use_fast_blas
 print(repr(use_fast_blas()))
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None"
     assert "too late" in done.stderr
@@ -81,11 +80,11 @@ def test_the_kernels_are_chosen_unless_the_machine_set_them():
     from components.training.blas import cpu_flags, kernel_for
 
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    chosen = subprocess.run([sys.executable, "-c", _CORE], cwd=ROOT, env=env, capture_output=True, text=True,
+    chosen = subprocess.run([sys.executable, "-c", _CORE], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=60).stdout.strip()
     want = kernel_for(cpu_flags())
     if want:  # OpenBLAS runs the kernels the CPU's flags allow, whatever model it takes the CPU for
         assert chosen == want
-    set_by_machine = subprocess.run([sys.executable, "-c", _CORE], cwd=ROOT, env={**env, "OPENBLAS_CORETYPE": "Haswell"},
+    set_by_machine = subprocess.run([sys.executable, "-c", _CORE], cwd=REPO, env={**env, "OPENBLAS_CORETYPE": "Haswell"},
                                     capture_output=True, text=True, timeout=60).stdout.strip()
     assert set_by_machine == "Haswell"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from components.documents import convert as convert_mod
 from components.documents.convert import engine as engine_mod
 from components.documents.convert.engine import DoclingEngine
@@ -18,14 +19,13 @@ from runner import pipeline
 from runner.stage import StageError
 from runner.stages import convert as stage
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(cache: Path, corpus: Path, **docling):
     cfg = OmegaConf.create({"cache_dir": str(cache), "hw": {"convert_workers": 2},
-                            "corpus": OmegaConf.load(ROOT / "conf/corpus/sample.yaml"),
-                            "docling": OmegaConf.load(ROOT / "conf/docling/default.yaml"),
-                            "executor": OmegaConf.load(ROOT / "conf/executor/local.yaml")})
+                            "corpus": OmegaConf.load(REPO / "conf/corpus/sample.yaml"),
+                            "docling": OmegaConf.load(REPO / "conf/docling/default.yaml"),
+                            "executor": OmegaConf.load(REPO / "conf/executor/local.yaml")})
     cfg.corpus.path = str(corpus)
     for k, v in docling.items():
         cfg.docling[k] = v

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
+from conftest import REPO
 from runner import health
 from tests.llm_fakes import FakeOllama
 from tests.fixtures.ports import free_port
 from tests.fixtures.mlflow_store import fresh_store
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 

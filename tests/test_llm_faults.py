@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from components.llm.audit import Audit
 from components.llm.errors import ServiceFailure
 from components.llm.resilience import Resilience
@@ -24,7 +25,6 @@ from components.llm.services import EmbeddedLlamaService, OpenAICompatibleServic
 # Two real llama.cpp servers per test, one of them hung or killed on purpose: 14-22 s each on 2 cores.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 ALIAS = "smol-child"
 CHILD = f"""
 import sys, time

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from components.processing import ProcessingError, process_config, rust, twin, write_config
 from components.processing.chunking import chunk
 from components.processing.config import ChunkConfig, NormalizeConfig
@@ -21,7 +22,6 @@ from components.tracking import NullTracker
 from runner import pipeline
 from runner.stage import StageContext, StageError
 
-REPO = Path(__file__).resolve().parent.parent
 GROUP = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "process" / "default.yaml"))
 DEFAULTS = {k: v for k, v in GROUP.items() if k != "_target_"}  # the engines' config
 NORM = NormalizeConfig(nfc=True, strip_page_furniture=True, strip_toc=True, strip_toc_block=True, reflow=True)

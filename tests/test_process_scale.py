@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from components.processing import rust, write_config
 from tests.fixtures.synthetic import generate
 from tests.test_process import binary, cfg_for  # noqa: F401 (fixture)
 from tests.test_process_differential import DETERMINISTIC, with_clusters
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

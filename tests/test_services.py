@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
 
+from conftest import REPO
 from components.llm.audit import Audit
 from components.llm.cache import ResponseCache
 from components.llm.errors import InvalidResponse, ModelMissing, ServiceError, ServiceUnavailable
@@ -27,7 +27,6 @@ from tests.llm_fakes import GOOD, FakeLMStudio, FakeOllama
 from tests.fixtures.ports import free_port
 
 SCHEMA = json_schema()
-REPO = Path(__file__).resolve().parent.parent
 MSGS = [{"role": "user", "content": "Extract from: RRC (Radio Resource Control) per TS 38.331."}]
 FAST = Resilience(retries=3, backoff_initial_s=0.01, backoff_max_s=0.02, breaker_failures=2,
                   breaker_reset_s=60)
@@ -327,7 +326,7 @@ def test_embedded_llama_cpp_server_answers_schema_valid_json():
 # In a child process: llama.cpp's destructor, waiting for a request with the GIL held, never
 # returns, and a test that hung in pytest's own process would hang the suite.
 _CLOSE_IN_FLIGHT = r"""
-import json, sys, threading, time
+import json, threading, time
 from components.llm.services import EmbeddedLlamaService
 svc = EmbeddedLlamaService(n_ctx=4096, n_parallel=1, threads=2)
 svc.start()
