@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from components.llm import credentials
+from components.llm import connections, credentials
 from components.llm.chain_config import ChainConfig
 from components.llm.errors import (CircuitOpen, EndpointRefused, InvalidResponse, ModelMissing,  # noqa: F401
                                    ServiceError, ServiceFailure, ServiceUnavailable)
@@ -257,27 +257,10 @@ class ChatService:
         raise NotImplementedError
 
     def cut_connections(self) -> int:
-        """Shut down this process's open connections to this server's port, so the server sees
-        its clients gone and cancels their generations, and the threads blocked reading a reply
-        wake with an error. Returns how many were cut."""
-        import socket
-        from urllib.parse import urlparse
-
-        import psutil
-
-        port = urlparse(self.base_url).port if self.base_url else None
-        if not port:
-            return 0
-        n = 0
-        for conn in psutil.Process().net_connections(kind="tcp"):
-            if conn.raddr and conn.raddr.port == port and conn.fd >= 0:
-                try:
-                    with socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
-                        dup.shutdown(socket.SHUT_RDWR)  # acts on the connection, wakes the reader
-                    n += 1
-                except OSError:
-                    pass
-        return n
+        """Shut down this process's open connections to this server, so the server sees its
+        clients gone and cancels their generations, and the threads blocked reading a reply wake
+        with an error. Returns how many were cut."""
+        return connections.cut(self.base_url)
 
     def close(self) -> None:
         with self._client_lock:
