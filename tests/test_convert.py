@@ -20,7 +20,6 @@ from runner.stage import StageError
 from runner.stages import convert as stage
 
 
-
 def make_cfg(cache: Path, corpus: Path, **docling):
     cfg = OmegaConf.create({"cache_dir": str(cache), "hw": {"convert_workers": 2},
                             "corpus": OmegaConf.load(REPO / "conf/corpus/sample.yaml"),

@@ -11,8 +11,6 @@ from tests.fixtures.ports import free_port
 from tests.fixtures.mlflow_store import fresh_store
 
 
-
-
 def test_health_table_with_ollama_up(tmp_path, capsys):
     srv = FakeOllama(models=("qwen3:1.7b", "gemma3:4b"))
     try:

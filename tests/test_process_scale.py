@@ -16,7 +16,6 @@ from tests.test_process import binary, cfg_for  # noqa: F401 (fixture)
 from tests.test_process_differential import DETERMINISTIC, with_clusters
 
 
-
 @pytest.mark.slow
 def test_many_buckets_same_output_for_any_thread_count(tmp_path, binary):
     # ~12k chunks: more than one bucket in every grouping step (exact, pairs, clusters).

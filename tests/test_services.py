@@ -289,7 +289,10 @@ def _own_address() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_own_address() is None, reason="this machine has no non-loopback IPv4 address "
+OWN_ADDRESS = _own_address()
+
+
+@pytest.mark.skipif(OWN_ADDRESS is None, reason="this machine has no non-loopback IPv4 address "
                     "for a second server on the same port")
 @pytest.mark.parametrize("local", [True, False], ids=["loopback-service", "remote-service"])
 def test_cutting_connections_wakes_the_readers_of_its_server_and_no_other(local):
@@ -298,8 +301,7 @@ def test_cutting_connections_wakes_the_readers_of_its_server_and_no_other(local)
     import socket
     import threading
 
-    own = _own_address()
-    ours_at, other_at = ("127.0.0.1", own) if local else (own, "127.0.0.1")
+    ours_at, other_at = ("127.0.0.1", OWN_ADDRESS) if local else (OWN_ADDRESS, "127.0.0.1")
     with socket.create_server((ours_at, 0)) as ours:
         port = ours.getsockname()[1]
         with socket.create_server((other_at, port)) as other:
