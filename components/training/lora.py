@@ -221,14 +221,48 @@ def _optimizer(lora: LoraConfig, updates: int):
     return ClippedAdam(learning_rate=_schedule(lora, updates))
 
 
-def _available_bytes() -> float:
-    import psutil
-
-    return float(psutil.virtual_memory().available)
-
-
 def _model_config(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def _add_adapters(model, lora: LoraConfig, rank: int, num_layers: int, world) -> tuple[dict, int]:
+    """Freeze the model and put LoRA layers in; return their parameters and the trainable count."""
+    mx = import_mlx()
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    mx.eval(model.parameters())  # materialise the (lazily loaded) weights in the chosen dtype
+    mx.random.seed(lora.seed)
+    model.freeze()
+    params = {"rank": rank, "scale": lora.scale, "dropout": lora.dropout}
+    if lora.target_modules is not None:
+        params["keys"] = list(lora.target_modules)
+    linear_to_lora_layers(model, num_layers, params)
+    if world.size() > 1:  # every process starts from the same adapters, whatever its RNG did
+        model.update(tree_map(lambda p: mx.distributed.all_sum(p, stream=mx.cpu) / world.size(),
+                              model.trainable_parameters()))
+        # now: collectives must run in the same order in every process
+        mx.eval(model.trainable_parameters())
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    if not trainable:
+        raise preflight.PreflightError(f"lora.target_modules: none of {lora.target_modules} is a "
+                                       "linear layer of this model's blocks")
+    return params, trainable
+
+
+def _resume(ckpt: Checkpoint, run_key: str, iters: int, model, optimizer, selection: Selection,
+            primary: bool) -> int:
+    """The step to start from: a checkpoint's of this very run, else 0 (and any other one goes)."""
+    info = ckpt.load_info(run_key)
+    if info and info["step"] < iters:
+        ckpt.restore(info, model, optimizer, selection)
+        log.info("finetune: resuming from the checkpoint at step %d of %d (optimizer step %d)",
+                 info["step"], iters, info["optimizer_step"])
+        return info["step"]
+    if primary and (ckpt.root.exists() or ckpt.root.with_name(ckpt.root.name + ".old").exists()):
+        log.info("finetune: ignoring %s (another config or incomplete); starting from step 0", ckpt.root)
+        ckpt.remove()
+    return 0
 
 
 def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
@@ -249,10 +283,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     """
     mx = import_mlx()
     import numpy as np
-    from mlx.utils import tree_flatten, tree_map
+    from mlx.utils import tree_flatten
     from mlx_lm.tuner.trainer import TrainingArgs
     from mlx_lm.tuner.trainer import train as mlx_train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
 
     from components.training.loop import TrainingLoop  # imports mlx_lm: after import_mlx()
 
@@ -267,60 +300,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     valid_set = dataset(data_dir / "valid.jsonl", tokenizer, lora.mask_prompt)
     if not len(train_set) or not len(valid_set):
         raise preflight.PreflightError(f"{data_dir}: train.jsonl and valid.jsonl must both hold examples")
-    size = world.size()
-    batch = max(1, min(lora.batch_size, len(train_set), len(valid_set)))
-    if batch % size:
-        raise preflight.PreflightError(f"lora.batch_size {batch} cannot be split between "
-                                       f"lora.workers={size} processes; use a multiple of it")
-    num_layers = len(model.layers) if lora.num_layers < 0 else min(lora.num_layers, len(model.layers))
-    seq = preflight.padded_length(max(train_set.longest, valid_set.longest), lora.max_seq_length)
-    shape = preflight.shape_of(model, config, lora.target_modules, num_layers)
-    available = _available_bytes() if available_bytes is None else available_bytes
-    budget = available * lora.memory_fraction
-    # This process's share of the batch is what must fit its share of the memory.
-    fit_args = dict(batch=batch // size, rank=lora.rank, grad_accumulation_steps=lora.grad_accumulation_steps,
-                    seq=seq, num_layers=num_layers, dtype=lora.dtype, grad_checkpoint=lora.grad_checkpoint)
-    plan = (preflight.fit(shape, budget_bytes=budget, **fit_args) if lora.preflight
-            else preflight.Plan(batch // size, lora.rank, lora.grad_accumulation_steps,
-                                preflight.estimate(shape, batch=batch // size, seq=seq, rank=lora.rank,
-                                                   num_layers=num_layers, dtype=lora.dtype,
-                                                   grad_checkpoint=lora.grad_checkpoint), budget))
-    batch = plan.batch_size * size  # the batch of an optimizer step, over every process
-    for change in plan.changes:
-        log.warning("preflight: %s to fit %.1f GB available", change, available / preflight.GB)
-    est_gb = plan.estimate.gb()
-    log.info("preflight: estimated peak %.2f GB (weights %.2f, LoRA+Adam %.3f, activations %.2f, "
-             "logits %.2f) for batch %d x %d tokens%s, rank %d; %.1f GB available",
-             est_gb["total"], est_gb["weights"], est_gb["lora"], est_gb["activations"],
-             est_gb["logits"], plan.batch_size, seq, f" in each of {size} processes" if size > 1 else "",
-             plan.rank, available / preflight.GB)
-
-    iters = lora.iters
-    if lora.epochs is not None:
-        iters = max(1, math.ceil(lora.epochs * len(train_set) / batch))
-        if lora.max_iters is not None and iters > lora.max_iters:
-            log.warning("finetune: %g epochs of %d examples are %d iterations; lora.max_iters caps "
-                        "them at %d", lora.epochs, len(train_set), iters, lora.max_iters)
-            iters = lora.max_iters
-    every = lora.steps_per_eval or max(lora.steps_per_report,
-                                       lora.steps_per_report * round(iters / 4 / lora.steps_per_report))
-    accum = plan.grad_accumulation_steps
-    mx.eval(model.parameters())  # materialise the (lazily loaded) weights in the chosen dtype
-    mx.random.seed(lora.seed)
-    model.freeze()
-    params = {"rank": plan.rank, "scale": lora.scale, "dropout": lora.dropout}
-    if lora.target_modules is not None:
-        params["keys"] = list(lora.target_modules)
-    linear_to_lora_layers(model, num_layers, params)
-    if world.size() > 1:  # every process starts from the same adapters, whatever its RNG did
-        model.update(tree_map(lambda p: mx.distributed.all_sum(p, stream=mx.cpu) / world.size(),
-                              model.trainable_parameters()))
-        # now: collectives must run in the same order in every process
-        mx.eval(model.trainable_parameters())
-    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    if not trainable:
-        raise preflight.PreflightError(f"lora.target_modules: none of {lora.target_modules} is a "
-                                       "linear layer of this model's blocks")
+    run = preflight.plan_run(model, config, train_set, valid_set, lora, world.size(), available_bytes)
+    batch, iters, accum = run.batch, run.iters, run.plan.grad_accumulation_steps
+    params, trainable = _add_adapters(model, lora, run.plan.rank, run.num_layers, world)
     optimizer = _optimizer(lora, max(1, iters // accum))
 
     probes_path = data_dir / "probes.jsonl"
@@ -329,18 +311,9 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     # Effective values join the provenance of a checkpoint: a resumed run must continue the same
     # run, not one with another batch or rank.
     ckpt = Checkpoint(out_dir.with_name(out_dir.name + ".checkpoint"))
-    run_key = hashlib.sha256(json.dumps([prov["key"], batch, plan.rank, accum, iters],
+    run_key = hashlib.sha256(json.dumps([prov["key"], batch, run.plan.rank, accum, iters],
                                         default=str).encode()).hexdigest()
-    start = 0
-    info = ckpt.load_info(run_key)
-    if info and info["step"] < iters:
-        ckpt.restore(info, model, optimizer, selection)
-        start = info["step"]
-        log.info("finetune: resuming from the checkpoint at step %d of %d (optimizer step %d)",
-                 start, iters, info["optimizer_step"])
-    elif primary and (ckpt.root.exists() or ckpt.root.with_name(ckpt.root.name + ".old").exists()):
-        log.info("finetune: ignoring %s (another config or incomplete); starting from step 0", ckpt.root)
-        ckpt.remove()
+    start = _resume(ckpt, run_key, iters, model, optimizer, selection, primary)
 
     # The same shortest examples at every validation, so the losses compare.
     val_rows = sorted(range(len(valid_set)), key=valid_set.itemlen)
@@ -349,7 +322,7 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     val_subset = objective._Rows(valid_set, val_rows)
     loop = TrainingLoop(model=model, optimizer=optimizer, ckpt=ckpt, run_key=run_key, selection=selection,
                         val_subset=val_subset, val_batch=min(batch, len(val_subset)),
-                        max_seq_length=lora.max_seq_length, iters=iters, start=start, validate_every=every,
+                        max_seq_length=lora.max_seq_length, iters=iters, start=start, validate_every=run.every,
                         accum=accum, steps_per_save=lora.steps_per_save, seed=lora.seed,
                         log_metrics=log_metrics, cancel=cancel, world=world)
     if start == 0:
@@ -384,10 +357,10 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         mx.save_safetensors(str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
         training = {
             "iters": iters, "resumed_from_step": start, "batch_size": batch,
-            "rank": plan.rank, "grad_accumulation_steps": accum, "max_seq_tokens": seq,
+            "rank": run.plan.rank, "grad_accumulation_steps": accum, "max_seq_tokens": run.seq,
             "dtype": lora.dtype, "workers": world.size(), "trainable_params": trainable, "seconds": round(seconds, 2),
-            "estimate_gb": est_gb, "peak_memory_gb": round(peak, 3),
-            "available_gb": round(available / preflight.GB, 2), "preflight_changes": list(plan.changes),
+            "estimate_gb": run.plan.estimate.gb(), "peak_memory_gb": round(peak, 3),
+            "available_gb": round(run.available / preflight.GB, 2), "preflight_changes": list(run.plan.changes),
             "final": {k: round(v, 6) for k, v in loop.last.items()},
             "kept_step": kept if kept is not None else loop.early or iters,
             "stopped_early_at": loop.early,
@@ -398,10 +371,10 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
         }
         # mlx_lm.load(adapter_path=...) reads fine_tune_type, num_layers and lora_parameters.
         write_json(tmp / "adapter_config.json", {
-            "fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params,
+            "fine_tune_type": "lora", "num_layers": run.num_layers, "lora_parameters": params,
             "model": str(model_dir), "provenance": prov, "training": training})
     ckpt.remove()
-    log.info("finetune: measured peak %.2f GB (estimate %.2f GB)", peak, est_gb["total"])
+    log.info("finetune: measured peak %.2f GB (estimate %.2f GB)", peak, training["estimate_gb"]["total"])
     return training_metrics(training)
 
 

@@ -5,11 +5,16 @@ The estimate counts what mlx keeps alive at the peak of a training step: the bas
 LoRA parameters with their gradients and Adam moments, the activations the backward pass needs for
 ``batch x sequence`` tokens through the LoRA layers, and the float32 logits of the loss. It is a
 model, not a measurement; the trainer logs mlx's measured peak beside it (``estimate_error``).
+``plan_run`` is what a run trains with: the batch, rank and accumulation that fit, the padded
+sequence length, and the iterations its epochs ask for.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
 
 GB = 1e9  # as mlx reports memory (get_peak_memory() / 1e9)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -149,3 +154,64 @@ def shape_of(model, config: dict, keys: list[str] | None, num_layers: int) -> Mo
 def padded_length(longest: int, max_seq_length: int) -> int:
     """The sequence length mlx-lm's batches have: one plus a multiple of 32, at most the maximum."""
     return min(1 + 32 * math.ceil(longest / 32), max_seq_length)
+
+
+def available_bytes_now() -> float:
+    import psutil
+
+    return float(psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run trains with, once the memory available has had its say."""
+
+    batch: int  # examples per optimizer step, over every process
+    plan: Plan  # this process's batch, the rank and the accumulation that fit
+    seq: int  # padded tokens per example
+    num_layers: int
+    iters: int
+    every: int  # steps between validations
+    available: float  # bytes
+
+
+def plan_run(model, config: dict, train_set, valid_set, lora, size: int, available_bytes: float | None) -> Run:
+    """Batch, rank and accumulation fitted to the memory available, and the iterations, for
+    ``lora`` (a ``lora.LoraConfig``: not imported, lora imports this module) in each of ``size``
+    data-parallel processes."""
+    batch = max(1, min(lora.batch_size, len(train_set), len(valid_set)))
+    if batch % size:
+        raise PreflightError(f"lora.batch_size {batch} cannot be split between "
+                             f"lora.workers={size} processes; use a multiple of it")
+    num_layers = len(model.layers) if lora.num_layers < 0 else min(lora.num_layers, len(model.layers))
+    seq = padded_length(max(train_set.longest, valid_set.longest), lora.max_seq_length)
+    shape = shape_of(model, config, lora.target_modules, num_layers)
+    available = available_bytes_now() if available_bytes is None else available_bytes
+    budget = available * lora.memory_fraction
+    # This process's share of the batch is what must fit its share of the memory.
+    fit_args = dict(batch=batch // size, rank=lora.rank, grad_accumulation_steps=lora.grad_accumulation_steps,
+                    seq=seq, num_layers=num_layers, dtype=lora.dtype, grad_checkpoint=lora.grad_checkpoint)
+    plan = (fit(shape, budget_bytes=budget, **fit_args) if lora.preflight
+            else Plan(batch // size, lora.rank, lora.grad_accumulation_steps,
+                      estimate(shape, batch=batch // size, seq=seq, rank=lora.rank, num_layers=num_layers,
+                               dtype=lora.dtype, grad_checkpoint=lora.grad_checkpoint), budget))
+    batch = plan.batch_size * size  # the batch of an optimizer step, over every process
+    for change in plan.changes:
+        log.warning("preflight: %s to fit %.1f GB available", change, available / GB)
+    est_gb = plan.estimate.gb()
+    log.info("preflight: estimated peak %.2f GB (weights %.2f, LoRA+Adam %.3f, activations %.2f, "
+             "logits %.2f) for batch %d x %d tokens%s, rank %d; %.1f GB available",
+             est_gb["total"], est_gb["weights"], est_gb["lora"], est_gb["activations"],
+             est_gb["logits"], plan.batch_size, seq, f" in each of {size} processes" if size > 1 else "",
+             plan.rank, available / GB)
+
+    iters = lora.iters
+    if lora.epochs is not None:
+        iters = max(1, math.ceil(lora.epochs * len(train_set) / batch))
+        if lora.max_iters is not None and iters > lora.max_iters:
+            log.warning("finetune: %g epochs of %d examples are %d iterations; lora.max_iters caps "
+                        "them at %d", lora.epochs, len(train_set), iters, lora.max_iters)
+            iters = lora.max_iters
+    every = lora.steps_per_eval or max(lora.steps_per_report,
+                                       lora.steps_per_report * round(iters / 4 / lora.steps_per_report))
+    return Run(batch, plan, seq, num_layers, iters, every, available)

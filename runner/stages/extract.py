@@ -129,11 +129,49 @@ def _release(ctx: StageContext, svc, stopping: bool) -> None:
     ctx.resources.release("llm")
 
 
+def _reuse(final, partial, chunks: list[dict], extractor, request_key: str) -> dict[str, dict]:
+    """The records earlier runs finished for this very request, by chunk id, their rules redone."""
+    from components.llm.extractor import chunk_sha, merge
+    from components.llm.record_log import reusable
+
+    done = reusable([final, partial], request_key, {c["id"]: chunk_sha(c) for c in chunks})
+    by_id = {c["id"]: c for c in chunks}
+    for cid, rec in done.items():  # rules are cheap and the glossary may have changed: redo them
+        fresh = extractor.base(by_id[cid], request_key)
+        rec.update(rules=fresh["rules"], spec=fresh["spec"], clause=fresh["clause"],
+                   section_path=fresh["section_path"])
+        rec["result"] = merge(rec, extractor.cfg.extractor)
+    return done
+
+
+def _metrics(records: list[dict], new: list[dict], chunks: list[dict], glossaries: dict,
+             rows: dict[str, list[dict]], resumed: int, seconds: float, served: dict) -> dict[str, float]:
+    """Extraction quality over every record, and this run's throughput over the ``new`` ones."""
+    from components.llm.extractor import quality
+
+    metrics = quality(records, glossaries, {c["id"]: c["text"] for c in chunks})
+    tokens = sum(((r.get("llm") or {}).get("usage") or {}).get("completion_tokens", 0) for r in new)
+    metrics.update({
+        "extract/resumed_chunks": float(resumed),
+        "extract/glossary_rows": float(sum(len(r) for r in rows.values())),
+        "extract/fallback_used": float(served.get("tags", {}).get("service.fallback") == "true"),
+        "extract/retried_requests": float(served.get("retried", 0)),
+        "extract/seconds": round(seconds, 3),
+        "extract/chunks_per_min": round(60 * len(new) / seconds, 2) if seconds > 0 and new else 0.0,
+        "extract/completion_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 and tokens else 0.0,
+        # Kept for dashboards that predate the split into final/transient failures.
+        "extract/errors": float(sum(r.get("failure") == "transient" for r in records)),
+        "extract/invalid": float(sum(r["status"] == "invalid" for r in records)),
+        **served.get("metrics", {}),
+    })
+    return metrics
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     from components.llm import extraction as X
     from components.llm.cluster import NoNodeServes, extract_on_cluster
-    from components.llm.extractor import ChunkExtractor, chunk_sha, merge, quality
-    from components.llm.record_log import RecordLog, reusable, run_bounded
+    from components.llm.extractor import ChunkExtractor
+    from components.llm.record_log import RecordLog, run_bounded
     from components.llm.rules import Glossary
 
     ex = ctx.component("extraction")
@@ -153,13 +191,7 @@ def run(ctx: StageContext) -> dict[str, float]:
                         _asking(OmegaConf.to_container(ctx.cfg.service, resolve=False))
                         if ex.extractor != "rules" else None])
     final, partial = ctx.path("extractions.jsonl"), ctx.path(PARTIAL)
-    done = reusable([final, partial], request_key, {c["id"]: chunk_sha(c) for c in chunks})
-    by_id = {c["id"]: c for c in chunks}
-    for cid, rec in done.items():  # rules are cheap and the glossary may have changed: redo them
-        fresh = extractor.base(by_id[cid], request_key)
-        rec.update(rules=fresh["rules"], spec=fresh["spec"], clause=fresh["clause"],
-                   section_path=fresh["section_path"])
-        rec["result"] = merge(rec, ex.extractor)
+    done = _reuse(final, partial, chunks, extractor, request_key)
     todo = [c for c in chunks if c["id"] not in done]
     resumed = len(chunks) - len(todo)
     if resumed:
@@ -233,24 +265,10 @@ def run(ctx: StageContext) -> dict[str, float]:
     else:
         partial.unlink(missing_ok=True)  # complete: the partial log has served its purpose
 
-    metrics = quality(records, glossaries, {c["id"]: c["text"] for c in chunks})
-    new = [done[c["id"]] for c in todo]
-    tokens = sum(((r.get("llm") or {}).get("usage") or {}).get("completion_tokens", 0) for r in new)
     if svc is not None:
         served = {"metrics": svc.metrics(), "tags": svc.tags(), "retried": svc.requests_retried}
-    metrics.update({
-        "extract/resumed_chunks": float(resumed),
-        "extract/glossary_rows": float(sum(len(r) for r in rows.values())),
-        "extract/fallback_used": float(served.get("tags", {}).get("service.fallback") == "true"),
-        "extract/retried_requests": float(served.get("retried", 0)),
-        "extract/seconds": round(seconds, 3),
-        "extract/chunks_per_min": round(60 * len(todo) / seconds, 2) if seconds > 0 and todo else 0.0,
-        "extract/completion_tokens_per_s": round(tokens / seconds, 2) if seconds > 0 and tokens else 0.0,
-        # Kept for dashboards that predate the split into final/transient failures.
-        "extract/errors": float(len(transient)),
-        "extract/invalid": float(sum(r["status"] == "invalid" for r in records)),
-        **served.get("metrics", {}),
-    })
+    metrics = _metrics(records, [done[c["id"]] for c in todo], chunks, glossaries, rows, resumed,
+                       seconds, served)
     if on_cluster:
         metrics["extract/nodes"] = float(served.get("nodes", 0))
     if served.get("tags"):
