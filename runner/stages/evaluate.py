@@ -49,20 +49,9 @@ def _by(rows_b: list[dict], rows_t: list[dict], key: str, resamples: int, seed: 
     return {k: stats.paired(b, t, resamples, seed) for k, (b, t) in sorted(groups.items())}
 
 
-def run(ctx: StageContext) -> dict[str, float]:
+def _question_sets(cfg, data: Path) -> dict[str, list[MCQ]]:
+    """The test probes of the trained and the unseen facts, and ``evaluate.mcq_path``'s questions."""
     from components.training import evaluation as ev
-    from components.training import lora
-
-    cfg, lcfg = ctx.component("evaluate"), ctx.component("lora")
-    adapters, data = ctx.path("adapters"), ctx.path("dataset")
-    # The adapters say what made them; finetune records the same provenance.
-    prov = lora.provenance(OmegaConf.to_container(ctx.cfg.lora), OmegaConf.to_container(ctx.cfg.model), data)
-    why = lora.provenance_mismatch(adapters, prov)
-    if why:
-        raise StageError(f"evaluate: {adapters} was not made by this config ({why}); re-run "
-                         "fine-tuning with it: stages=[finetune,evaluate]")
-    mdir = ctx.component("model").local_dir(ctx.cfg.cache_dir)
-    system = ctx.cfg.dataset.system_prompt
 
     probes = [p for p in read_jsonl(data / "probes.jsonl") if p["split"] == "test"] \
         if (data / "probes.jsonl").is_file() else []
@@ -78,19 +67,14 @@ def run(ctx: StageContext) -> dict[str, float]:
     if not sets.get("your_documents"):
         log.warning("evaluate: no probes of trained facts in %s: nothing shows what the fine-tune "
                     "taught (the corpus gave no glossary, definitions or clause titles)", data / "probes.jsonl")
-    samples = read_jsonl(data / "test.jsonl")[: cfg.samples]
-    generative = sets.get("your_documents", [])[: cfg.generative_mcq]
+    return sets
 
+
+def _measure(ctx: StageContext, cfg, specs: list[dict], per_model: int) -> tuple[dict, dict, bool]:
+    """The base and the tuned model's answers (``specs``, in that order), the base's from the
+    cache when an earlier run measured the same; and whether it came from there."""
     from components.training import measure
 
-    spec = {"model_dir": str(mdir), "dtype": lcfg.dtype, "seed": cfg.seed, "system": system,
-            "sets": {k: measure.spec_questions(v) for k, v in sets.items()},
-            "test_path": str(data / "test.jsonl"), "mask_prompt": lcfg.mask_prompt,
-            "batch_size": lcfg.batch_size, "max_seq_length": lcfg.max_seq_length,
-            "samples": [r["messages"][:-1] for r in samples], "max_tokens": cfg.max_tokens,
-            "generative": measure.spec_questions(generative), "mcq_max_tokens": cfg.mcq_max_tokens}
-    specs = [{**spec, "name": "the base model", "adapters": None},
-             {**spec, "name": "the tuned model", "adapters": str(adapters)}]
     # The base model answers the same whatever was trained: a sweep's jobs measure it once.
     kept = None
     if cfg.reuse_base:
@@ -98,12 +82,9 @@ def run(ctx: StageContext) -> dict[str, float]:
         code = code_hash("components.training.measure", OmegaConf.create({}))
         kept = measure.stored(specs[0], Path(ctx.cfg.cache_dir), code)
     base = json.loads(kept.read_text()) if kept is not None and kept.is_file() else None
-    reused = base is not None
-    if reused:
+    if base is not None:
         log.info("evaluate: the base model's measurements reused from %s", kept)
         specs = specs[1:]
-    per_model = sum(len(qs) for qs in sets.values()) + len(samples) + len(generative)
-    t0 = time.perf_counter()
     with Progress("evaluate", len(specs) * per_model, unit="answers") as progress:
         try:
             if cfg.workers > 1 and len(specs) > 1:
@@ -116,18 +97,21 @@ def run(ctx: StageContext) -> dict[str, float]:
             raise Interrupted("evaluate: stopped on request; a rerun evaluates again") from None
         except measure.MeasureError as exc:
             raise StageError(f"evaluate: {exc}") from None
+    reused = base is not None
     if base is None:
         base = found.pop(0)
         if kept is not None:
             write_json(kept, base)
-    tuned = found[0]
-    for res in (base, tuned):
-        res["generative"] = score_generated(generative, res["generative"])
-    seconds = time.perf_counter() - t0
+    return base, found[0], reused
 
-    def r4(x):
-        return round(float(x), 4)
 
+def _r4(x) -> float:
+    return round(float(x), 4)
+
+
+def _compare(sets: dict[str, list[MCQ]], base: dict, tuned: dict, cfg) -> tuple[dict, dict, dict, str]:
+    """Base against tuned on each set, paired, and per category: the metrics, the comparisons,
+    the per-group ones and the verdict."""
     m: dict[str, float] = {}
     compared, per_group = {}, {}
     for name in sets:
@@ -151,9 +135,47 @@ def run(ctx: StageContext) -> dict[str, float]:
         m.update({"eval/gain_over_unseen": over["diff"], "eval/gain_over_unseen_ci_low": over["ci_low"],
                   "eval/gain_over_unseen_ci_high": over["ci_high"]})
     m["eval/knowledge_score"] = stats.knowledge_score(compared)
+    return m, compared, per_group, verdict
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    from components.training import evaluation as ev
+    from components.training import lora, measure
+
+    cfg, lcfg = ctx.component("evaluate"), ctx.component("lora")
+    adapters, data = ctx.path("adapters"), ctx.path("dataset")
+    # The adapters say what made them; finetune records the same provenance.
+    prov = lora.provenance(OmegaConf.to_container(ctx.cfg.lora), OmegaConf.to_container(ctx.cfg.model), data)
+    why = lora.provenance_mismatch(adapters, prov)
+    if why:
+        raise StageError(f"evaluate: {adapters} was not made by this config ({why}); re-run "
+                         "fine-tuning with it: stages=[finetune,evaluate]")
+    mdir = ctx.component("model").local_dir(ctx.cfg.cache_dir)
+    system = ctx.cfg.dataset.system_prompt
+
+    sets = _question_sets(cfg, data)
+    samples = read_jsonl(data / "test.jsonl")[: cfg.samples]
+    generative = sets.get("your_documents", [])[: cfg.generative_mcq]
+    spec = {"model_dir": str(mdir), "dtype": lcfg.dtype, "seed": cfg.seed, "system": system,
+            "sets": {k: measure.spec_questions(v) for k, v in sets.items()},
+            "test_path": str(data / "test.jsonl"), "mask_prompt": lcfg.mask_prompt,
+            "batch_size": lcfg.batch_size, "max_seq_length": lcfg.max_seq_length,
+            "samples": [r["messages"][:-1] for r in samples], "max_tokens": cfg.max_tokens,
+            "generative": measure.spec_questions(generative), "mcq_max_tokens": cfg.mcq_max_tokens}
+    specs = [{**spec, "name": "the base model", "adapters": None},
+             {**spec, "name": "the tuned model", "adapters": str(adapters)}]
+    t0 = time.perf_counter()
+    per_model = sum(len(qs) for qs in sets.values()) + len(samples) + len(generative)
+    base, tuned, reused = _measure(ctx, cfg, specs, per_model)
+    for res in (base, tuned):
+        res["generative"] = score_generated(generative, res["generative"])
+    seconds = time.perf_counter() - t0
+
+    m, compared, per_group, verdict = _compare(sets, base, tuned, cfg)
     for k in ("test_loss", "test_ppl"):
         if k in base:
-            m[f"eval/{k}_base"], m[f"eval/{k}_tuned"], m[f"eval/{k}_delta"] = r4(base[k]), r4(tuned[k]), r4(tuned[k] - base[k])
+            m[f"eval/{k}_base"], m[f"eval/{k}_tuned"] = _r4(base[k]), _r4(tuned[k])
+            m[f"eval/{k}_delta"] = _r4(tuned[k] - base[k])
     gb, gt = base["generative"], tuned["generative"]
     if gb["n"]:
         for k in ("accuracy", "strict_accuracy", "strict_parse_failure_rate"):
@@ -166,8 +188,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         # The validation loss the finetune stage measured on the base and the kept weights (the
         # names earlier runs and sweeps use).
         b, t = training["val_loss_base"], training["val_loss_kept"]
-        m.update({"eval/val_loss_before": r4(b), "eval/val_loss_after": r4(t), "eval/val_loss_delta": r4(t - b),
-                  "eval/val_ppl_after": r4(lora.perplexity(t))})
+        m.update({"eval/val_loss_before": _r4(b), "eval/val_loss_after": _r4(t), "eval/val_loss_delta": _r4(t - b),
+                  "eval/val_ppl_after": _r4(lora.perplexity(t))})
     ctx.tracker.set_tags({"eval.verdict": verdict[:5000]})
     log.info("evaluate: %s", verdict)
 
