@@ -37,6 +37,12 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def json_sha256(obj: Any) -> str:
+    """The hash of a JSON-able value, the same for equal values whatever their keys' order (what
+    is not JSON counts by its ``str``): the key of a cache entry, a request or a provenance."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
 def files_under(path: Path) -> list[Path]:
     """``path`` if it is a file, else every file below it, sorted."""
     return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from components.files import hash_path
+from components.files import hash_path, json_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("components", "runner")
@@ -130,4 +129,4 @@ def fingerprint(stage, ctx, root: Path = ROOT) -> str:
     extra = getattr(stage, "fingerprint_extra", None)
     if extra:
         parts["extra"] = extra(ctx)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return json_sha256(parts)

@@ -10,7 +10,6 @@ optimizer's step count (``checkpoint``), and a stop on request between steps. Th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
-from components.files import build_dir, hash_path, read_jsonl, write_json
+from components.files import build_dir, hash_path, json_sha256, read_jsonl, write_json
 from components.settings import Settings
 from components.training import objective, preflight
 from components.training.checkpoint import Checkpoint
@@ -161,7 +160,7 @@ def provenance(lora_cfg: dict, model_cfg: dict, dataset_dir: Path) -> dict:
     """What made an adapter directory: the declared ``lora`` and ``model`` config and the dataset's
     content hash. A consumer recomputes it from its own config and compares ``key``."""
     body = {"lora": lora_cfg, "model": model_cfg, "dataset": hash_path(dataset_dir)}
-    key = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    key = json_sha256(body)
     return {**body, "key": key}
 
 
@@ -311,8 +310,7 @@ def train(model_dir: Path, data_dir: Path, out_dir: Path, lora: LoraConfig, *,
     # Effective values join the provenance of a checkpoint: a resumed run must continue the same
     # run, not one with another batch or rank.
     ckpt = Checkpoint(out_dir.with_name(out_dir.name + ".checkpoint"))
-    run_key = hashlib.sha256(json.dumps([prov["key"], batch, run.plan.rank, accum, iters],
-                                        default=str).encode()).hexdigest()
+    run_key = json_sha256([prov["key"], batch, run.plan.rank, accum, iters])
     start = _resume(ckpt, run_key, iters, model, optimizer, selection, primary)
 
     # The same shortest examples at every validation, so the losses compare.

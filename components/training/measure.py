@@ -11,7 +11,6 @@ a line ``stop`` arrives on stdin (or stdin closes).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from components.files import file_sha256, stat_listing
+from components.files import file_sha256, json_sha256, stat_listing
 from components.training import child
 from components.versions import installed
 
@@ -86,14 +85,14 @@ def stored(spec: dict, cache_dir: Path, code: dict[str, str]) -> Path:
     and any change measures it again."""
     model = Path(spec["model_dir"])
     test = Path(spec["test_path"])
-    key = hashlib.sha256(json.dumps({
+    key = json_sha256({
         "spec": {k: v for k, v in spec.items() if k not in ("name", "test_path")},
         "test": file_sha256(test) if test.is_file() else None,
         "model": [(str(f.relative_to(model)), size, mtime_ns)
                   for f, size, mtime_ns in (stat_listing(model) if model.is_dir() else [])],
         "code": code,
         "libraries": [installed(d) for d in ("mlx", "mlx-lm")],
-    }, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    })[:24]
     return cache_dir / "measured" / f"{key}.json"
 
 

@@ -12,7 +12,6 @@ a stop request the loop stops within a few seconds, keeps what finished and rais
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ import time
 from omegaconf import OmegaConf
 
 from components.documents.glossary import glossary_rows
-from components.files import read_jsonl, write_jsonl
+from components.files import json_sha256, read_jsonl, write_jsonl
 from components.progress import Progress
 from runner.stage import Interrupted, StageContext, StageError
 
@@ -50,10 +49,6 @@ def start_service(service, run_dir=None):
             raise StageError(f"extract: {exc}") from None
         raise
     return svc
-
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
 
 # Where replies are cached and audited, and how failures are retried or alerted on, change no
@@ -187,9 +182,9 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     # Records are only reusable for the same request: extractor, prompt, schema, checks, service.
     asked = ex.model_dump(exclude={"concurrency", "max_chunks", "progress_every_s"})
-    request_key = _sha([asked, X.request_template(ex.fields), extractor.schema,
-                        _asking(OmegaConf.to_container(ctx.cfg.service, resolve=False))
-                        if ex.extractor != "rules" else None])
+    request_key = json_sha256([asked, X.request_template(ex.fields), extractor.schema,
+                               _asking(OmegaConf.to_container(ctx.cfg.service, resolve=False))
+                               if ex.extractor != "rules" else None])[:16]
     final, partial = ctx.path("extractions.jsonl"), ctx.path(PARTIAL)
     done = _reuse(final, partial, chunks, extractor, request_key)
     todo = [c for c in chunks if c["id"] not in done]

@@ -2,7 +2,6 @@
 pipeline, and turning the result (or the failure) into a ``DocResult``."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import json
@@ -16,6 +15,7 @@ from components.documents.convert.cache import CACHE_VERSION
 from components.documents.convert.options import FORMAT_EXT, DoclingOptions
 from components.documents.convert.sniff import diagnose
 from components.documents.convert.tables import extract_tables
+from components.files import json_sha256
 from components.versions import installed
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class DoclingEngine:
                 "pdf": None if not pdf else "native" if self.pdf_native else {
                     "models": self._pdf_why, "ocr": o.do_ocr and o.ocr_engine,
                     "tables": o.do_table_structure}}
-        return hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]
+        return json_sha256(opts)[:16]
 
     # -- building Docling ----------------------------------------------------------------
 
