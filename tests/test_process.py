@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
@@ -159,6 +159,17 @@ def test_crash_without_json_and_timeout_are_typed(tmp_path):
 
 # --- normalization and chunking properties ----------------------------------------------
 
+def test_telecom_prose_that_looks_like_a_toc_entry_is_kept():
+    # A line opening with a generation's name and ending in an interface name is prose.
+    text = "The SMF sends the tunnel info\n5GC to gNB over N3\nand 3GPP access over N2\n\n5General7"
+    out = normalize(text, NORM)
+    assert "5GC to gNB over N3" in out and "3GPP access over N2" in out and "5General7" not in out
+    # Prose that, once joined, reads as a TOC entry stays in two lines rather than being lost
+    # when the document is normalized again.
+    once = normalize("8K video is carried over\n\nthe N3\n\nNext.", NORM)
+    assert once == "8K video is carried over\nthe N3\n\nNext." and normalize(once, NORM) == once
+
+
 def test_normalize_strips_furniture_toc_and_whitespace():
     out = normalize(SPEC_DOC.replace("\n", "\r\n").replace("The FBP", "The\tFBP\u00a0"), NORM)
     assert "3GPP TS 38.999" not in out and "Release 17" not in out and "\n12\n" not in out
@@ -172,6 +183,8 @@ texts = st.text(alphabet=st.sampled_from(list("ab Z9.|#-\t\r\n\u00a0\u200be\u030
 
 @settings(max_examples=200, deadline=None)
 @given(texts)
+@example("9Z\ra9")  # two lines that, joined, read as a TOC entry ("4.2Frobnicator5")
+@example("Table of\ncontents")
 def test_normalize_is_idempotent_and_clean(raw):
     out = normalize(raw, NORM)
     assert normalize(out, NORM) == out

@@ -15,8 +15,11 @@ FURNITURE = re.compile(
     r" Release [0-9]{1,2}(?: [0-9]{1,4})?"
     r"|Page [0-9]{1,4}(?: of [0-9]{1,4})?|3GPP|ETSI)"
 )
+# A line that opens with a generation's name (5G, 5GC, 3GPP: 2-6 and a G not followed by a
+# lower-case letter) is prose, not clause 5's TOC entry ("5General7" is one).
 TOC = re.compile(
-    r"(?:(?:[0-9]{1,2}(?:\.[0-9]{1,3})*|[A-Z](?:\.[0-9]{1,3})+)[A-Z][^|]*[A-Za-z)][0-9]{1,4}"
+    r"(?:(?:(?:[0-9]{1,2}(?:\.[0-9]{1,3})+|[0-9]{2}|[A-Z](?:\.[0-9]{1,3})+)[A-Z]|[0-9](?:[A-FH-Z]|G[a-z])"
+    r"|[017-9]G)[^|]*[A-Za-z)][0-9]{1,4}"
     r"|(?:Foreword|Scope|References|Introduction|Contents)[0-9]{1,4}"
     r"|Annex [A-Z]{1,2}[ :(][^|]*[A-Za-z)][0-9]{1,4}|[^|].*\.{4,} ?[0-9]{1,4})"
 )
@@ -77,21 +80,36 @@ def strip_toc_block(lines: list[str]) -> list[str]:
     return out
 
 
-def reflow(lines: list[str]) -> list[str]:
-    """Joins hard-wrapped lines (structure.joins) with a space, across empty lines."""
+def reflow(lines: list[str], special=lambda line: False) -> list[str]:
+    """Joins hard-wrapped lines (structure.joins) with a space, across empty lines. A joined
+    line that is ``special`` (one normalization drops, or a contents line) is written as the
+    lines it joined: normalizing the output again then makes the same joins and keeps the text
+    instead of dropping it (prose such as "8K video is carried over" + "the N3" reads as a TOC
+    entry)."""
     nonempty = [i for i, line in enumerate(lines) if line]
     out: list[str] = []
+    parts: list[str] = []  # the lines joined into out[-1]
     last = -1  # index in out of the last non-empty line
+
+    def close():
+        if len(parts) > 1 and special(out[last]):
+            out[last:last + 1] = parts
+
     for k, i in enumerate(nonempty):
         following = lines[nonempty[k + 1]] if k + 1 < len(nonempty) else ""
         line = lines[i]
         if last >= 0 and joins(out[last], line, following):
             del out[last + 1:]
             out[last] += " " + line
+            parts.append(line)
         else:
+            if last >= 0:
+                close()
             out.extend(lines[nonempty[k - 1] + 1:i] if k else lines[:i])
             out.append(line)
-            last = len(out) - 1
+            last, parts = len(out) - 1, [line]
+    if last >= 0:
+        close()
     return out
 
 
@@ -123,5 +141,6 @@ def normalize(raw: str, cfg: NormalizeConfig) -> str:
     if cfg.strip_toc_block:
         lines = strip_toc_block(lines)
     if cfg.reflow:
-        lines = reflow(lines)
+        lines = reflow(lines, lambda line: _dropped(line, cfg)
+                       or (cfg.strip_toc_block and ascii_lower(line) in CONTENTS))
     return collapse(lines)

@@ -11,7 +11,9 @@ pub const FURNITURE: &str = r"^(?:(?:3GPP|ETSI) T[SR] [0-9]{2,3}[ .][0-9]{3}(?:-
 
 /// Table-of-contents lines: a clause number glued to its title glued to a page number
 /// (`4.2.1SDAP structure7`), front-matter entries (`Foreword5`), annexes, dotted leaders.
-pub const TOC: &str = r"^(?:(?:[0-9]{1,2}(?:\.[0-9]{1,3})*|[A-Z](?:\.[0-9]{1,3})+)[A-Z][^|]*[A-Za-z)][0-9]{1,4}|(?:Foreword|Scope|References|Introduction|Contents)[0-9]{1,4}|Annex [A-Z]{1,2}[ :(][^|]*[A-Za-z)][0-9]{1,4}|[^|].*\.{4,} ?[0-9]{1,4})$";
+/// A line that opens with a generation's name (`5G`, `5GC`, `3GPP`, `4G-LTE`: 2-6 and a `G`
+/// not followed by a lower-case letter) is prose, not clause 5's entry (`5General7` is).
+pub const TOC: &str = r"^(?:(?:(?:[0-9]{1,2}(?:\.[0-9]{1,3})+|[0-9]{2}|[A-Z](?:\.[0-9]{1,3})+)[A-Z]|[0-9](?:[A-FH-Z]|G[a-z])|[017-9]G)[^|]*[A-Za-z)][0-9]{1,4}|(?:Foreword|Scope|References|Introduction|Contents)[0-9]{1,4}|Annex [A-Z]{1,2}[ :(][^|]*[A-Za-z)][0-9]{1,4}|[^|].*\.{4,} ?[0-9]{1,4})$";
 
 pub fn is_hspace(c: char) -> bool {
     matches!(
@@ -208,6 +210,7 @@ impl Normalizer {
         }
         let mut o = String::with_capacity(doc.len());
         let mut acc = usize::MAX; // start in `o` of the last line written (MAX: none yet)
+        let mut joined: Vec<usize> = Vec::new(); // where in `o` each line joined to it starts
         let mut pending_blank = false;
         for (i, &line) in lines.iter().enumerate() {
             if line.is_empty() {
@@ -217,19 +220,40 @@ impl Normalizer {
             let following = || lines[i + 1..].iter().copied().find(|l| !l.is_empty()).unwrap_or("");
             if self.cfg.reflow && acc != usize::MAX && joins(&o[acc..], line, following) {
                 o.push(' ');
+                joined.push(o.len());
             } else {
                 if acc != usize::MAX {
+                    self.unjoin_special(&mut o, acc, &joined);
                     o.push('\n');
                     if pending_blank {
                         o.push('\n');
                     }
                 }
                 acc = o.len();
+                joined.clear();
             }
             o.push_str(line);
             pending_blank = false;
         }
+        if acc != usize::MAX {
+            self.unjoin_special(&mut o, acc, &joined);
+        }
         o
+    }
+
+    /// A joined line that normalization would drop, or a contents line, goes back to the lines
+    /// it joined: normalizing again then makes the same joins and keeps the text instead of
+    /// dropping it ("9Z" + "a9" reads as a TOC entry).
+    fn unjoin_special(&self, o: &mut String, acc: usize, joined: &[usize]) {
+        if joined.is_empty() {
+            return;
+        }
+        let line = &o[acc..];
+        if self.drop_line(line) || (self.cfg.strip_toc_block && Self::is_contents(line)) {
+            for &p in joined {
+                o.replace_range(p - 1..p, "\n");
+            }
+        }
     }
 }
 
@@ -295,6 +319,20 @@ mod tests {
     }
 
     #[test]
+    fn a_join_that_would_read_as_furniture_or_toc_is_undone() {
+        // Alone, neither line is a TOC entry; joined they would be, and a second pass would drop
+        // the prose. They stay apart, so normalizing again changes nothing.
+        let text = "8K video is carried over\n\nthe N3\n\nNext.";
+        let once = norm_with(text, true);
+        assert_eq!(once, "8K video is carried over\nthe N3\n\nNext.");
+        assert_eq!(norm_with(&once, true), once);
+        assert_eq!(norm_with("9Z\ra9", true), "9Z\na9");
+        assert_eq!(norm_with("Table of\ncontents", true), "Table of\ncontents");
+        // A longer join that is not special is made as before.
+        assert_eq!(norm_with("9Z\na9\nb", true), "9Z a9 b");
+    }
+
+    #[test]
     fn whitespace_and_line_endings() {
         assert_eq!(norm("\u{feff}  a\t\tb \r\n\r\n\r\nc\rd  \n\n"), "a b\n\nc\nd");
         assert_eq!(norm("x\u{00a0}y\u{200b}z\u{0007}"), "x yz");
@@ -308,10 +346,12 @@ mod tests {
     #[test]
     fn drops_page_furniture_and_toc_but_not_prose() {
         let text = "# 1 Scope\n3GPP TS 38.331 V17.4.0 (2023-03)\n42\nRelease 17\n4.2.1SDAP structure7\n\
-                    Foreword5\n5.1 General ........ 12\nThe UE supports 3 carriers.\nIt is Release 17 based.\n| 42 |";
+                    Foreword5\n5.1 General ........ 12\nThe UE supports 3 carriers.\nIt is Release 17 based.\n| 42 |\n\
+                    5General7\n5GC sends it over N3\n3GPP defines N3";
         assert_eq!(
             norm(text),
-            "# 1 Scope\nThe UE supports 3 carriers.\nIt is Release 17 based.\n| 42 |"
+            "# 1 Scope\nThe UE supports 3 carriers.\nIt is Release 17 based.\n| 42 |\n\
+             5GC sends it over N3\n3GPP defines N3"
         );
     }
 
