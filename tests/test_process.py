@@ -160,10 +160,13 @@ def test_crash_without_json_and_timeout_are_typed(tmp_path):
 # --- normalization and chunking properties ----------------------------------------------
 
 def test_telecom_prose_that_looks_like_a_toc_entry_is_kept():
-    # A line opening with a generation's name and ending in an interface name is prose.
-    text = "The SMF sends the tunnel info\n5GC to gNB over N3\nand 3GPP access over N2\n\n5General7"
+    # A line opening with a generation's name and ending in an interface name is prose, and so
+    # is a TOC-shaped line alone among prose; TOC lines two or more in a row go.
+    text = ("4General7\n3GPP TS 38.999 V17.0.0 (2023-03)\n5General8\n\nThe SMF sends the tunnel info\n"
+            "5GC to gNB over N3\nand 3GPP access over N2\n\n20MHz carriers are used in band n78\n\nEnd.")
     out = normalize(text, NORM)
-    assert "5GC to gNB over N3" in out and "3GPP access over N2" in out and "5General7" not in out
+    assert out == ("The SMF sends the tunnel info\n5GC to gNB over N3 and 3GPP access over N2\n\n"
+                   "20MHz carriers are used in band n78\n\nEnd.")
     # Prose that, once joined, reads as a TOC entry stays in two lines rather than being lost
     # when the document is normalized again.
     once = normalize("8K video is carried over\n\nthe N3\n\nNext.", NORM)

@@ -29,11 +29,30 @@ REMOVED = "".join(map(chr, [*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F, 0x200B
 _MAP = {**{ord(c): " " for c in HSPACE}, **{ord(c): None for c in REMOVED}}
 
 
-def _dropped(line: str, cfg: NormalizeConfig) -> bool:
-    if line.startswith(("#", "|")):
-        return False
-    return bool((cfg.strip_page_furniture and FURNITURE.fullmatch(line))
-                or (cfg.strip_toc and TOC.fullmatch(line)))
+def _furniture(line: str, cfg: NormalizeConfig) -> bool:
+    return bool(cfg.strip_page_furniture and line[0] not in "#|" and FURNITURE.fullmatch(line))
+
+
+def _toc(line: str, cfg: NormalizeConfig) -> bool:
+    return bool(cfg.strip_toc and line[0] not in "#|" and TOC.fullmatch(line))
+
+
+def drop_lines(lines: list[str], cfg: NormalizeConfig) -> list[str]:
+    """Step 5 of SPEC.md "Normalize": page furniture goes, and TOC lines go where they come two
+    or more in a row (furniture between them not counting). A TOC line alone among prose is
+    prose that has the shape ("20MHz carriers are used in band n78")."""
+    lines = [line for line in lines if not (line and _furniture(line, cfg))]
+    nonempty = [i for i, line in enumerate(lines) if line]
+    toc = [_toc(lines[i], cfg) for i in nonempty]
+    dropped = {i for k, i in enumerate(nonempty)
+               if toc[k] and ((k > 0 and toc[k - 1]) or (k + 1 < len(toc) and toc[k + 1]))}
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i not in dropped and (line or (out and out[-1])):
+            out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return out
 
 
 def is_prose(line: str) -> bool:
@@ -82,10 +101,10 @@ def strip_toc_block(lines: list[str]) -> list[str]:
 
 def reflow(lines: list[str], special=lambda line: False) -> list[str]:
     """Joins hard-wrapped lines (structure.joins) with a space, across empty lines. A joined
-    line that is ``special`` (one normalization drops, or a contents line) is written as the
+    line that is ``special`` (furniture, TOC-shaped, or a contents line) is written as the
     lines it joined: normalizing the output again then makes the same joins and keeps the text
-    instead of dropping it (prose such as "8K video is carried over" + "the N3" reads as a TOC
-    entry)."""
+    instead of dropping it (prose such as "8K video is carried over" + "the N3" has a TOC
+    entry's shape)."""
     nonempty = [i for i, line in enumerate(lines) if line]
     out: list[str] = []
     parts: list[str] = []  # the lines joined into out[-1]
@@ -127,20 +146,12 @@ def normalize(raw: str, cfg: NormalizeConfig) -> str:
     text = raw.replace("\r\n", "\n").replace("\r", "\n").translate(_MAP)
     if cfg.nfc:
         text = unicodedata.normalize("NFC", text)
-    lines: list[str] = []
-    for line in text.split("\n"):
-        line = " ".join(word for word in line.split(" ") if word)
-        if line and _dropped(line, cfg):
-            continue
-        if line or (lines and lines[-1]):
-            lines.append(line)
-    while lines and not lines[-1]:
-        lines.pop()
+    lines = drop_lines([" ".join(word for word in line.split(" ") if word) for line in text.split("\n")], cfg)
     if not (cfg.strip_toc_block or cfg.reflow):
         return "\n".join(lines)
     if cfg.strip_toc_block:
         lines = strip_toc_block(lines)
     if cfg.reflow:
-        lines = reflow(lines, lambda line: _dropped(line, cfg)
+        lines = reflow(lines, lambda line: _furniture(line, cfg) or _toc(line, cfg)
                        or (cfg.strip_toc_block and ascii_lower(line) in CONTENTS))
     return collapse(lines)

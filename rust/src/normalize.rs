@@ -42,18 +42,20 @@ impl Normalizer {
         }
     }
 
-    fn drop_line(&self, line: &str) -> bool {
-        if line.starts_with('#') || line.starts_with('|') {
-            return false;
-        }
-        // Every furniture and TOC line ends in a digit, ')' or "3GPP"/"ETSI": skip the
-        // regexes for the rest (most prose ends in '.').
-        match line.as_bytes().last() {
-            Some(b'0'..=b'9' | b')' | b'P' | b'I') => {}
-            _ => return false,
-        }
-        (self.cfg.strip_page_furniture && self.furniture.is_match(line))
-            || (self.cfg.strip_toc && self.toc.is_match(line))
+    /// Furniture lines end in a digit, ')' or "3GPP"/"ETSI", TOC lines in a digit: the regexes
+    /// are skipped for the rest (most prose ends in '.').
+    fn is_furniture(&self, line: &str) -> bool {
+        self.cfg.strip_page_furniture
+            && !line.starts_with(['#', '|'])
+            && matches!(line.as_bytes().last(), Some(b'0'..=b'9' | b')' | b'P' | b'I'))
+            && self.furniture.is_match(line)
+    }
+
+    fn is_toc(&self, line: &str) -> bool {
+        self.cfg.strip_toc
+            && !line.starts_with(['#', '|'])
+            && matches!(line.as_bytes().last(), Some(b'0'..=b'9'))
+            && self.toc.is_match(line)
     }
 
     fn map_chars(raw: &str, s: &mut String) {
@@ -102,6 +104,10 @@ impl Normalizer {
         // separator stands for at least as many newlines already read.
         let (mut r, mut w) = (0usize, 0usize);
         let mut pending_blank = false;
+        // TOC lines go two or more in a row (furniture between them not counting): the previous
+        // non-empty line was a TOC line, and where it was kept, the write state before it.
+        let mut prev_toc = false;
+        let mut undo: Option<(usize, bool)> = None;
         while r <= n {
             let e = memchr::memchr(b'\n', &b[r..]).map_or(n, |p| r + p);
             let line = &b[r..e];
@@ -137,9 +143,23 @@ impl Normalizer {
             }
             if at == content {
                 pending_blank = true;
-            } else if !self.drop_line(std::str::from_utf8(&b[content..at]).expect("utf-8 line")) {
-                w = at;
-                pending_blank = false;
+            } else {
+                let line = std::str::from_utf8(&b[content..at]).expect("utf-8 line");
+                if !self.is_furniture(line) {
+                    let toc = self.is_toc(line);
+                    if toc && prev_toc {
+                        // This line and the one before it go; blanks on either side count once.
+                        if let Some((w0, blank0)) = undo.take() {
+                            w = w0;
+                            pending_blank |= blank0;
+                        }
+                    } else {
+                        undo = toc.then_some((w, pending_blank));
+                        w = at;
+                        pending_blank = false;
+                    }
+                    prev_toc = toc;
+                }
             }
             r = e + 1;
         }
@@ -241,15 +261,15 @@ impl Normalizer {
         o
     }
 
-    /// A joined line that normalization would drop, or a contents line, goes back to the lines
+    /// A joined line that is furniture, TOC-shaped or a contents line goes back to the lines
     /// it joined: normalizing again then makes the same joins and keeps the text instead of
-    /// dropping it ("9Z" + "a9" reads as a TOC entry).
+    /// dropping it ("9Z" + "a9" has a TOC entry's shape).
     fn unjoin_special(&self, o: &mut String, acc: usize, joined: &[usize]) {
         if joined.is_empty() {
             return;
         }
         let line = &o[acc..];
-        if self.drop_line(line) || (self.cfg.strip_toc_block && Self::is_contents(line)) {
+        if self.is_furniture(line) || self.is_toc(line) || (self.cfg.strip_toc_block && Self::is_contents(line)) {
             for &p in joined {
                 o.replace_range(p - 1..p, "\n");
             }
@@ -346,12 +366,12 @@ mod tests {
     #[test]
     fn drops_page_furniture_and_toc_but_not_prose() {
         let text = "# 1 Scope\n3GPP TS 38.331 V17.4.0 (2023-03)\n42\nRelease 17\n4.2.1SDAP structure7\n\
-                    Foreword5\n5.1 General ........ 12\nThe UE supports 3 carriers.\nIt is Release 17 based.\n| 42 |\n\
-                    5General7\n5GC sends it over N3\n3GPP defines N3";
+                    5General7\nForeword5\n5.1 General ........ 12\nThe UE supports 3 carriers.\nIt is Release 17 based.\n\
+                    | 42 |\n5GC sends it over N3\n3GPP defines N3\n20MHz carriers are used in band n78";
         assert_eq!(
             norm(text),
             "# 1 Scope\nThe UE supports 3 carriers.\nIt is Release 17 based.\n| 42 |\n\
-             5GC sends it over N3\n3GPP defines N3"
+             5GC sends it over N3\n3GPP defines N3\n20MHz carriers are used in band n78"
         );
     }
 
