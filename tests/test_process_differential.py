@@ -97,7 +97,9 @@ lines = st.one_of(
     st.tuples(st.integers(1, 7), st.lists(words, min_size=1, max_size=5)).map(lambda t: "#" * t[0] + " " + " ".join(t[1])),
     st.lists(words, min_size=1, max_size=4).map(lambda ws: "| " + " | ".join(ws) + " |"),
     st.sampled_from(["", "", "3GPP TS 38.300 V17.2.0 (2024-01)", "Release 18", "12", "4.2.1SDAP structure7",
-                     "Foreword5", "  \t indented\u00a0line  ", "\u200b", "5.1 General ........ 12"]),
+                     "Foreword5", "  \t indented\u00a0line  ", "\u200b", "5.1 General ........ 12",
+                     # TOC-shaped prose, alone or next to TOC lines, and a join with a TOC's shape
+                     "20MHz carriers in band n78", "5GC to gNB over N3", "8K video is carried over", "the N3"]),
 )
 # The printed (Docling native PDF) shape: plain clause headings, hard-wrapped lines separated by
 # blank lines, page furniture mid-paragraph, a table of contents, legal boilerplate.
