@@ -465,8 +465,8 @@ class EmbeddedLlamaService(ChatService):
 
     server = "embedded"
 
-    def __init__(self, gguf: str | None = None, model_alias: str = "embedded", n_ctx: int = 4096,
-                 n_parallel: int = 2, threads: int | None = None, batch_tokens: int | None = None,
+    def __init__(self, gguf: str | None = None, model_alias: str = "embedded", n_ctx: int = 2048,
+                 n_parallel: int = 1, threads: int | None = None, batch_tokens: int | None = None,
                  timeout_s: float = 120.0, name: str = "embedded", **common: Any) -> None:
         common.setdefault("context_tokens", n_ctx // max(1, n_parallel))  # slots split the window
         common.setdefault("max_concurrency", n_parallel)
