@@ -46,13 +46,7 @@ def drop_lines(lines: list[str], cfg: NormalizeConfig) -> list[str]:
     toc = [_toc(lines[i], cfg) for i in nonempty]
     dropped = {i for k, i in enumerate(nonempty)
                if toc[k] and ((k > 0 and toc[k - 1]) or (k + 1 < len(toc) and toc[k + 1]))}
-    out: list[str] = []
-    for i, line in enumerate(lines):
-        if i not in dropped and (line or (out and out[-1])):
-            out.append(line)
-    while out and not out[-1]:
-        out.pop()
-    return out
+    return collapse([line for i, line in enumerate(lines) if i not in dropped])
 
 
 def is_prose(line: str) -> bool:
@@ -132,14 +126,15 @@ def reflow(lines: list[str], special=lambda line: False) -> list[str]:
     return out
 
 
-def collapse(lines: list[str]) -> str:
+def collapse(lines: list[str]) -> list[str]:
+    """Runs of empty lines as one, none at either end (SPEC.md steps 6 and 9)."""
     out: list[str] = []
     for line in lines:
         if line or (out and out[-1]):
             out.append(line)
     while out and not out[-1]:
         out.pop()
-    return "\n".join(out)
+    return out
 
 
 def normalize(raw: str, cfg: NormalizeConfig) -> str:
@@ -154,4 +149,4 @@ def normalize(raw: str, cfg: NormalizeConfig) -> str:
     if cfg.reflow:
         lines = reflow(lines, lambda line: _furniture(line, cfg) or _toc(line, cfg)
                        or (cfg.strip_toc_block and ascii_lower(line) in CONTENTS))
-    return collapse(lines)
+    return "\n".join(collapse(lines))
